@@ -1,0 +1,17 @@
+"""Runs tensorpack 0.11 on TensorFlow 2; every entry point imports this before TensorFlow.
+
+tensorpack builds on `tf.layers`, which Keras 3 removed: TensorFlow must pick tf-keras, and it
+reads TF_USE_LEGACY_KERAS only when it is first imported.
+"""
+import os
+
+os.environ['TF_USE_LEGACY_KERAS'] = '1'
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
+
+import tensorflow as tf  # noqa: E402
+
+# tensorpack's Horovod trainer and distributed graph builder still call TF1 names on the
+# top-level module; TensorFlow 2 keeps them only under tf.compat.v1.
+for _name in ('global_variables', 'local_variables', 'variables_initializer'):
+    if not hasattr(tf, _name):
+        setattr(tf, _name, getattr(tf.compat.v1, _name))

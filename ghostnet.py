@@ -1,0 +1,139 @@
+"""GhostNet (Han et al., CVPR 2020) built from Ghost modules, named as the released checkpoint."""
+import collections
+
+import compat  # noqa: F401  (must come before TensorFlow)
+import tensorflow as tf
+from tensorpack.models import Conv2D, Dropout
+from tensorpack.tfutils.argscope import argscope
+
+from imagenet_utils import ImageNetModel
+from myconv2d import (BNNoReLU, BNReLU, DepthConv, GhostModule, SELayer, kernel_initializer,
+                      spatial_axes)
+
+tfv1 = tf.compat.v1
+
+Bottleneck = collections.namedtuple('Bottleneck', 'kernel stride out expansion se')
+
+# Blocks Conv2d_1 .. Conv2d_16. `expansion` is the hidden width over the previous block's
+# nominal output width, as the released code gave it.
+BOTTLENECKS = [
+    Bottleneck(3, 1, 16, 1, False),
+    Bottleneck(3, 2, 24, 3, False),
+    Bottleneck(3, 1, 24, 3, False),
+    Bottleneck(5, 2, 40, 3, True),
+    Bottleneck(5, 1, 40, 3, True),
+    Bottleneck(3, 2, 80, 6, False),
+    Bottleneck(3, 1, 80, 2.5, False),
+    Bottleneck(3, 1, 80, 2.3, False),
+    Bottleneck(3, 1, 80, 2.3, False),
+    Bottleneck(3, 1, 112, 6, True),
+    Bottleneck(3, 1, 112, 6, True),
+    Bottleneck(5, 2, 160, 6, True),
+    Bottleneck(5, 1, 160, 6, False),
+    Bottleneck(5, 1, 160, 6, True),
+    Bottleneck(5, 1, 160, 6, False),
+    Bottleneck(5, 1, 160, 6, True),
+]
+STEM_CHANNELS = 16     # Conv2d_0: 3x3 stride 2
+LAST_CHANNELS = 960    # Conv2d_17: 1x1, then global average pooling
+HEAD_CHANNELS = 1280   # Conv2d_18: 1x1 on the pooled features, never scaled by the width
+FPN_BLOCKS = ('Conv2d_3', 'Conv2d_5', 'Conv2d_11', 'Conv2d_16')  # strides 4, 8, 16, 32
+
+
+def scaled_channels(channels, width):
+    """The released `depth()`: scale by the width, at least 8, rounded to a multiple of 4."""
+    return round(max(int(channels * width), 8) / 4) * 4
+
+
+def parse_code(text, name):
+    """A CLI code string such as '3,3,...' (16 ints, one per bottleneck) as a list of ints."""
+    try:
+        code = [int(v) for v in text.split(',')]
+    except ValueError:
+        raise ValueError('{}: expected {} comma-separated integers, got {!r}'.format(
+            name, len(BOTTLENECKS), text)) from None
+    if len(code) != len(BOTTLENECKS) or min(code) < 1:
+        raise ValueError('{}: expected {} positive integers (one per bottleneck), got {!r}'.format(
+            name, len(BOTTLENECKS), text))
+    return code
+
+
+class GhostNet(ImageNetModel):
+    """GhostNet on ImageNetModel; variables live under `MobileNetV2/` as in the released checkpoint."""
+
+    scope = 'MobileNetV2'
+
+    def __init__(self, num_classes=1000, width=1.0, se=True, dw_code=None, ratio_code=None,
+                 weight_decay=4e-5, dropout_keep_prob=0.8, label_smoothing=0.1,
+                 data_format='NHWC', image_shape=224):
+        if width <= 0:
+            raise ValueError('width must be positive, got {}'.format(width))
+        self.num_classes = num_classes
+        self.width = width
+        self.se = se
+        self.dw_code = list(dw_code or [3] * len(BOTTLENECKS))
+        self.ratio_code = list(ratio_code or [2] * len(BOTTLENECKS))
+        for name, code in (('dw_code', self.dw_code), ('ratio_code', self.ratio_code)):
+            if len(code) != len(BOTTLENECKS):
+                raise ValueError('{} needs {} entries, got {}'.format(name, len(BOTTLENECKS), len(code)))
+        self.weight_decay = weight_decay
+        self.dropout_keep_prob = dropout_keep_prob
+        self.label_smoothing = label_smoothing
+        self.data_format = data_format
+        self.image_shape = image_shape
+        self.end_points = {}
+
+    def bottleneck(self, index, x, in_channels, hidden, spec):
+        """Ghost bottleneck `Conv2d_<index>`: up Ghost module, [stride-2 depthwise], [SE], down Ghost module."""
+        name = 'Conv2d_{}'.format(index)
+        out = scaled_channels(spec.out, self.width)
+        ghost_args = dict(dw_size=self.dw_code[index - 1], ratio=self.ratio_code[index - 1])
+        if spec.stride == 1 and in_channels == spec.out:
+            shortcut = x
+        else:
+            shortcut = DepthConv(name + '_shortcut_dw', x, spec.kernel, strides=spec.stride,
+                                 activation=BNNoReLU)
+            shortcut = Conv2D(name + '_shortcut_1x1', shortcut, out, 1, activation=BNNoReLU)
+        x = GhostModule(name + '_up_pointwise', x, hidden, activation=BNReLU, **ghost_args)
+        if spec.stride == 2:
+            x = DepthConv(name + '_depthwise', x, spec.kernel, strides=2, activation=BNNoReLU)
+        if self.se and spec.se:
+            x = SELayer(name + '_se', x)
+        x = GhostModule(name + '_down_pointwise', x, out, activation=BNNoReLU, **ghost_args)
+        return tf.add(x, shortcut, name=name)
+
+    def backbone(self, image):
+        """Blocks Conv2d_0 .. Conv2d_16 on a preprocessed image; returns {block name: output}."""
+        end_points = {}
+        x = Conv2D('Conv2d_0', image, scaled_channels(STEM_CHANNELS, self.width), 3, strides=2,
+                   activation=BNReLU)
+        end_points['Conv2d_0'] = x
+        nominal = STEM_CHANNELS
+        for index, spec in enumerate(BOTTLENECKS, start=1):
+            hidden = scaled_channels(spec.expansion * nominal, self.width)
+            x = self.bottleneck(index, x, nominal, hidden, spec)
+            end_points['Conv2d_{}'.format(index)] = x
+            nominal = spec.out
+        return end_points
+
+    def head(self, x, end_points):
+        """Conv2d_17, global average pooling, Conv2d_18, dropout and the classifier."""
+        x = Conv2D('Conv2d_17', x, scaled_channels(LAST_CHANNELS, self.width), 1, activation=BNReLU)
+        end_points['Conv2d_17'] = x
+        x = tf.reduce_mean(x, spatial_axes(self.data_format), keepdims=True, name='global_pool')
+        end_points['global_pool'] = x
+        x = Conv2D('Conv2d_18', x, HEAD_CHANNELS, 1, activation=BNReLU)
+        end_points['Conv2d_18'] = x
+        with tfv1.variable_scope('Logits'):
+            x = Dropout('Dropout', x, rate=1 - self.dropout_keep_prob)
+            x = Conv2D('Conv2d_1c_1x1', x, self.num_classes, 1, use_bias=True)
+        logits = tf.squeeze(x, spatial_axes(self.data_format), name='logits')
+        end_points['Logits'] = logits
+        return logits
+
+    def get_logits(self, image):
+        with tfv1.variable_scope(self.scope), \
+                argscope([Conv2D, DepthConv, GhostModule, SELayer], data_format=self.data_format), \
+                argscope(Conv2D, use_bias=False, kernel_initializer=kernel_initializer()):
+            self.end_points = self.backbone(image)
+            return self.head(self.end_points['Conv2d_16'], self.end_points)
