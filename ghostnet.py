@@ -1,5 +1,6 @@
 """GhostNet (Han et al., CVPR 2020) built from Ghost modules, named as the released checkpoint."""
 import collections
+import contextlib
 
 import compat  # noqa: F401  (must come before TensorFlow)
 import tensorflow as tf
@@ -127,13 +128,17 @@ class GhostNet(ImageNetModel):
         with tfv1.variable_scope('Logits'):
             x = Dropout('Dropout', x, rate=1 - self.dropout_keep_prob)
             x = Conv2D('Conv2d_1c_1x1', x, self.num_classes, 1, use_bias=True)
-        logits = tf.squeeze(x, spatial_axes(self.data_format), name='logits')
-        end_points['Logits'] = logits
-        return logits
+        end_points['Logits'] = tf.squeeze(x, spatial_axes(self.data_format))
+        return end_points['Logits']
+
+    @contextlib.contextmanager
+    def layer_defaults(self):
+        """The data format everywhere; convs without bias and with the He initializer."""
+        with argscope([Conv2D, DepthConv, GhostModule, SELayer], data_format=self.data_format), \
+                argscope(Conv2D, use_bias=False, kernel_initializer=kernel_initializer()):
+            yield
 
     def get_logits(self, image):
-        with tfv1.variable_scope(self.scope), \
-                argscope([Conv2D, DepthConv, GhostModule, SELayer], data_format=self.data_format), \
-                argscope(Conv2D, use_bias=False, kernel_initializer=kernel_initializer()):
+        with tfv1.variable_scope(self.scope), self.layer_defaults():
             self.end_points = self.backbone(image)
             return self.head(self.end_points['Conv2d_16'], self.end_points)

@@ -28,7 +28,7 @@ class ImageNetModel(ModelDesc):
                 tf.TensorSpec([None], tf.int32, 'label')]
 
     def build_graph(self, image, label):
-        logits = self.get_logits(self.image_preprocess(image))
+        logits = tf.identity(self.get_logits(self.image_preprocess(image)), name='logits')
         tf.nn.softmax(logits, name='prob')
         loss = self.classification_loss(logits, label)
         self.classification_errors(logits, label)

@@ -1,0 +1,63 @@
+"""Parameters and multiply-adds per layer of a built graph, one multiply-add counted once (as the paper)."""
+import collections
+
+import compat  # noqa: F401  (must come before TensorFlow)
+import numpy as np
+import tensorflow as tf
+
+tfv1 = tf.compat.v1
+
+LayerCost = collections.namedtuple('LayerCost', 'name op output_shape params multiply_adds')
+
+# Ops that multiply-add: for each output element, one per kernel tap over the input channels
+# it sees (all of them for a conv, one for a depthwise conv).
+COUNTED_OPS = ('Conv2D', 'DepthwiseConv2dNative', 'MatMul')
+
+
+def kernel_variable_name(op):
+    """Name of the variable behind the op's kernel input (through reads and identities)."""
+    tensor = op.inputs[1]
+    while tensor.op.type in ('Identity', 'ReadVariableOp'):
+        tensor = tensor.op.inputs[0]
+    return tensor.op.name
+
+
+def multiply_adds(op):
+    """Multiply-adds of one conv, depthwise conv or matmul op with static shapes."""
+    out_elements = int(np.prod(op.outputs[0].shape.as_list()))
+    kernel = op.inputs[1].shape.as_list()
+    if op.type == 'Conv2D':
+        return out_elements * kernel[0] * kernel[1] * kernel[2]
+    if op.type == 'DepthwiseConv2dNative':
+        return out_elements * kernel[0] * kernel[1]
+    return out_elements * kernel[0]
+
+
+def layer_table(graph):
+    """One LayerCost per counted op; a layer's params are the trainable variables in its scope."""
+    trainable = graph.get_collection(tfv1.GraphKeys.TRAINABLE_VARIABLES)
+    rows = []
+    for op in graph.get_operations():
+        if op.type not in COUNTED_OPS:
+            continue
+        scope = kernel_variable_name(op).rsplit('/', 1)[0]
+        params = sum(int(np.prod(v.shape.as_list())) for v in trainable
+                     if v.op.name.startswith(scope + '/'))
+        rows.append(LayerCost(scope, op.type, op.outputs[0].shape.as_list(), params, multiply_adds(op)))
+    return rows
+
+
+def total_params(graph):
+    return sum(int(np.prod(v.shape.as_list()))
+               for v in graph.get_collection(tfv1.GraphKeys.TRAINABLE_VARIABLES))
+
+
+def total_multiply_adds(graph):
+    return sum(row.multiply_adds for row in layer_table(graph))
+
+
+def profiler_flops(graph):
+    """TensorFlow's profiler count of float operations (it counts a multiply-add as two)."""
+    options = tfv1.profiler.ProfileOptionBuilder.float_operation()
+    options['output'] = 'none'
+    return tfv1.profiler.profile(graph, options=options).total_float_ops
