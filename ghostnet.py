@@ -4,7 +4,7 @@ import contextlib
 
 import compat  # noqa: F401  (must come before TensorFlow)
 import tensorflow as tf
-from tensorpack.models import Conv2D, Dropout
+from tensorpack.models import BatchNorm, Conv2D, Dropout
 from tensorpack.tfutils.argscope import argscope
 
 from imagenet_utils import ImageNetModel
@@ -134,7 +134,8 @@ class GhostNet(ImageNetModel):
     @contextlib.contextmanager
     def layer_defaults(self):
         """The data format everywhere; convs without bias and with the He initializer."""
-        with argscope([Conv2D, DepthConv, GhostModule, SELayer], data_format=self.data_format), \
+        with argscope([BatchNorm, Conv2D, DepthConv, GhostModule, SELayer],
+                      data_format=self.data_format), \
                 argscope(Conv2D, use_bias=False, kernel_initializer=kernel_initializer()):
             yield
 

@@ -4,6 +4,7 @@ import math
 import compat  # noqa: F401  (must come before TensorFlow)
 import tensorflow as tf
 from tensorpack.models import BatchNorm, Conv2D, layer_register
+from tensorpack.tfutils.argscope import argscope
 
 tfv1 = tf.compat.v1
 
@@ -23,6 +24,11 @@ def channel_axis(data_format):
 
 def spatial_axes(data_format):
     return [2, 3] if is_nchw(data_format) else [1, 2]
+
+
+def batch_norm_format(data_format):
+    """The activations call BatchNorm without a data format: give it the layer's."""
+    return argscope(BatchNorm, data_format='channels_first' if is_nchw(data_format) else 'channels_last')
 
 
 def BNReLU(x, name=None):
@@ -52,7 +58,8 @@ def DepthConv(x, kernel_size, channel_multiplier=1, strides=1, data_format='NHWC
                                  data_format='NCHW' if is_nchw(data_format) else 'NHWC')
     if activation is None:
         return tf.identity(out, name='output')
-    return activation(out, name='output')
+    with batch_norm_format(data_format):
+        return activation(out, name='output')
 
 
 @layer_register(log_shape=True)
@@ -64,9 +71,10 @@ def GhostModule(x, filters, kernel_size=1, dw_size=3, ratio=2, strides=1, data_f
     `ratio == 1` is the primary conv alone.
     """
     init_channels = math.ceil(filters / ratio)
-    primary = Conv2D('conv1', x, init_channels, kernel_size, strides=strides,
-                     data_format=data_format, activation=activation, use_bias=use_bias,
-                     kernel_initializer=kernel_initializer())
+    with batch_norm_format(data_format):
+        primary = Conv2D('conv1', x, init_channels, kernel_size, strides=strides,
+                         data_format=data_format, activation=activation, use_bias=use_bias,
+                         kernel_initializer=kernel_initializer())
     if ratio == 1:
         return tf.identity(primary, name='output')
     cheap = DepthConv('dw1', primary, dw_size, channel_multiplier=ratio - 1,

@@ -160,3 +160,23 @@ def test_end_points_for_detection(default_graph):
                for name in ('Conv2d_3', 'Conv2d_5', 'Conv2d_11', 'Conv2d_16')}
     assert strides == {'Conv2d_3': 4, 'Conv2d_5': 8, 'Conv2d_11': 16, 'Conv2d_16': 32}
     assert model.end_points['Conv2d_16'].shape.as_list()[-1] == 160
+
+
+def test_nchw_model_equals_nhwc(tmp_path):
+    images = np.random.RandomState(2).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
+    prefix = str(tmp_path / 'nhwc')
+    graph, image, logits = build(GhostNet(num_classes=10, image_shape=64), size=64)
+    with graph.as_default(), tfv1.Session() as sess:
+        sess.run(tfv1.global_variables_initializer())
+        randomize_batch_norm(sess, graph)
+        nhwc = sess.run(logits, {image: images})
+        tfv1.train.Saver().save(sess, prefix, write_meta_graph=False)
+    graph, image, logits = build(GhostNet(num_classes=10, image_shape=64, data_format='NCHW'), size=64)
+    with graph.as_default(), tfv1.Session() as sess:
+        tfv1.train.Saver().restore(sess, prefix)
+        try:
+            nchw = sess.run(logits, {image: images})
+        except (tf.errors.UnimplementedError, tf.errors.InvalidArgumentError) as e:
+            pytest.skip('TensorFlow here does not run this model in NCHW: {}'.format(
+                e.message.splitlines()[0]))
+    np.testing.assert_allclose(nchw, nhwc, rtol=1e-4, atol=1e-4)

@@ -1,0 +1,165 @@
+"""The Ghost module and one bottleneck against hand counts and a NumPy forward pass written from the facts."""
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorpack.models import Conv2D
+from tensorpack.tfutils.tower import TowerContext
+
+from ghostnet import BOTTLENECKS, GhostNet
+from myconv2d import BNNoReLU, BNReLU, GhostModule
+
+tfv1 = tf.compat.v1
+EPSILON = 1e-5
+
+
+def randomize(sess, graph, seed=0):
+    """Random values for every variable (positive variances); returns {name: value}."""
+    rng = np.random.RandomState(seed)
+    values = {}
+    for var in graph.get_collection(tfv1.GraphKeys.GLOBAL_VARIABLES):
+        shape = var.shape.as_list()
+        if var.op.name.endswith('variance/EMA'):
+            value = rng.uniform(0.5, 1.5, shape)
+        elif var.op.name.endswith('gamma'):
+            value = rng.uniform(0.5, 1.5, shape)
+        else:
+            value = rng.normal(0, 0.3, shape)
+        var.load(value.astype(np.float32), sess)
+        values[var.op.name] = value.astype(np.float32)
+    return values
+
+
+def run_layer(build_fn, inputs, seed=0):
+    """Build `build_fn(x)` in inference mode on `inputs`; returns (output, variable values)."""
+    graph = tf.Graph()
+    with graph.as_default(), TowerContext('', is_training=False):
+        x = tfv1.placeholder(tf.float32, inputs.shape)
+        out = build_fn(x)
+        with tfv1.Session() as sess:
+            values = randomize(sess, graph, seed)
+            return sess.run(out, {x: inputs}), values
+
+
+@pytest.mark.parametrize('filters, ratio, dw_size', [
+    (16, 2, 3), (17, 2, 3), (15, 3, 5), (7, 4, 1), (24, 1, 3), (9, 5, 3)])
+def test_output_channels(filters, ratio, dw_size):
+    inputs = np.random.RandomState(0).normal(size=(1, 8, 8, 5)).astype(np.float32)
+    out, values = run_layer(lambda x: GhostModule('g', x, filters, dw_size=dw_size, ratio=ratio,
+                                                  activation=BNReLU), inputs)
+    assert out.shape == (1, 8, 8, filters)
+    init_channels = math.ceil(filters / ratio)
+    assert values['g/conv1/W'].shape == (1, 1, 5, init_channels)
+    if ratio > 1:
+        assert values['g/dw1/DW'].shape == (dw_size, dw_size, init_channels, ratio - 1)
+        assert 'g/dw1/bn/gamma' in values
+    else:
+        assert not any(name.startswith('g/dw1') for name in values)
+
+
+def test_intrinsic_channels_are_a_plain_conv_with_batch_norm():
+    inputs = np.random.RandomState(1).normal(size=(2, 9, 9, 6)).astype(np.float32)
+    graph = tf.Graph()
+    with graph.as_default(), TowerContext('', is_training=False):
+        x = tfv1.placeholder(tf.float32, inputs.shape)
+        ghost = GhostModule('g', x, 11, ratio=3, activation=BNNoReLU)
+        plain = Conv2D('plain', x, 4, 1, use_bias=False, activation=BNNoReLU)
+        with tfv1.Session() as sess:
+            values = randomize(sess, graph)
+            for var in graph.get_collection(tfv1.GraphKeys.GLOBAL_VARIABLES):
+                if var.op.name.startswith('plain/'):
+                    var.load(values[var.op.name.replace('plain/', 'g/conv1/')], sess)
+            ghost_out, plain_out = sess.run([ghost, plain], {x: inputs})
+    assert ghost_out.shape[-1] == 11
+    np.testing.assert_allclose(ghost_out[..., :4], plain_out, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(ghost_out[..., 4:8], plain_out)
+
+
+def test_nchw_equals_nhwc():
+    inputs = np.random.RandomState(2).normal(size=(2, 10, 10, 6)).astype(np.float32)
+    nhwc, _ = run_layer(lambda x: GhostModule('g', x, 13, dw_size=3, ratio=3, strides=2,
+                                              activation=BNReLU), inputs)
+    try:
+        nchw, _ = run_layer(lambda x: tf.transpose(GhostModule(
+            'g', tf.transpose(x, [0, 3, 1, 2]), 13, dw_size=3, ratio=3, strides=2,
+            data_format='NCHW', activation=BNReLU), [0, 2, 3, 1]), inputs)
+    except (tf.errors.UnimplementedError, tf.errors.InvalidArgumentError) as e:
+        pytest.skip('TensorFlow on this device does not run NCHW convolutions: {}'.format(
+            e.message.splitlines()[0]))
+    np.testing.assert_allclose(nchw, nhwc, rtol=1e-4, atol=1e-4)
+
+
+# ---- NumPy reference, written from GHOSTNET_FACTS.md ----
+
+def same_padding(size, kernel, stride):
+    """TF SAME: output ceil(size / stride), padding split with the extra pixel after."""
+    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def np_conv(x, kernel, stride=1):
+    """NHWC conv, kernel [k, k, in, out], TF SAME padding."""
+    k = kernel.shape[0]
+    pad_h, pad_w = same_padding(x.shape[1], k, stride), same_padding(x.shape[2], k, stride)
+    x = np.pad(x, [(0, 0), pad_h, pad_w, (0, 0)])
+    out_h, out_w = (x.shape[1] - k) // stride + 1, (x.shape[2] - k) // stride + 1
+    out = np.zeros(x.shape[:1] + (out_h, out_w, kernel.shape[3]))
+    for i in range(k):
+        for j in range(k):
+            out += x[:, i:i + stride * out_h:stride, j:j + stride * out_w:stride] @ kernel[i, j]
+    return out
+
+
+def np_depthwise(x, kernel, stride=1):
+    """Depthwise conv, kernel [k, k, in, mult]; output channel c * mult + m."""
+    k, channels, mult = kernel.shape[0], kernel.shape[2], kernel.shape[3]
+    dense = np.zeros((k, k, channels, channels * mult))
+    for c in range(channels):
+        dense[:, :, c, c * mult:(c + 1) * mult] = kernel[:, :, c, :]
+    return np_conv(x, dense, stride)
+
+
+def np_bn(x, v, prefix):
+    return (x - v[prefix + '/mean/EMA']) / np.sqrt(v[prefix + '/variance/EMA'] + EPSILON) \
+        * v[prefix + '/gamma'] + v[prefix + '/beta']
+
+
+def relu(x):
+    return np.maximum(x, 0)
+
+
+def np_ghost(x, v, name, filters, relu_after):
+    act = relu if relu_after else (lambda t: t)
+    primary = act(np_bn(np_conv(x, v[name + '/conv1/W']), v, name + '/conv1/bn'))
+    cheap_bn = name + ('/dw1/bn' if relu_after else '/dw1/output')
+    cheap = act(np_bn(np_depthwise(primary, v[name + '/dw1/DW']), v, cheap_bn))
+    return np.concatenate([primary, cheap], -1)[..., :filters]
+
+
+def np_bottleneck(x, v, name, kernel, stride, hidden, out):
+    """Shortcut; up Ghost (ReLU); stride-2 depthwise + BN; SE with clip gate; down Ghost (no ReLU); add."""
+    shortcut = np_bn(np_depthwise(x, v[name + '_shortcut_dw/W'], stride), v, name + '_shortcut_dw/output')
+    shortcut = np_bn(np_conv(shortcut, v[name + '_shortcut_1x1/W']), v, name + '_shortcut_1x1/bn')
+    y = np_ghost(x, v, name + '_up_pointwise', hidden, relu_after=True)
+    y = np_bn(np_depthwise(y, v[name + '_depthwise/W'], stride), v, name + '_depthwise/output')
+    squeezed = y.mean(axis=(1, 2), keepdims=True)
+    squeezed = relu(np_conv(squeezed, v[name + '_se/fc1/W']) + v[name + '_se/fc1/b'])
+    gate = np.clip(np_conv(squeezed, v[name + '_se/fc2/W']) + v[name + '_se/fc2/b'], 0, 1)
+    y = np_ghost(y * gate, v, name + '_down_pointwise', out, relu_after=False)
+    return y + shortcut
+
+
+def test_stride2_bottleneck_with_se_matches_numpy():
+    spec = BOTTLENECKS[3]                  # Conv2d_4: 5x5, stride 2, 24 -> 40, hidden 72, SE
+    assert (spec.kernel, spec.stride, spec.out, spec.se) == (5, 2, 40, True)
+    inputs = np.random.RandomState(3).normal(size=(2, 14, 14, 24)).astype(np.float32)
+    model = GhostNet()
+
+    def bottleneck(x):
+        with model.layer_defaults():
+            return model.bottleneck(4, x, 24, 72, spec)
+    got, values = run_layer(bottleneck, inputs, seed=4)
+    want = np_bottleneck(inputs.astype(np.float64), values, 'Conv2d_4', 5, 2, 72, 40)
+    assert got.shape == want.shape == (2, 7, 7, 40)
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
