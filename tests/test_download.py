@@ -39,6 +39,7 @@ class Handler(http.server.SimpleHTTPRequestHandler):
         mode = self.server.mode
         if mode == "slow":
             time.sleep(1)
+            return
         if mode == "truncate":
             with open(os.path.join(self.directory, self.path.lstrip("/")), "rb") as f:
                 body = f.read()
