@@ -197,3 +197,12 @@ def test_cli_404_exit_status(server, dest):
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr and "HTTP 404" in proc.stderr
     assert os.listdir(dest) == []
+
+
+def test_table_matches_the_released_index():
+    index = os.path.join(ROOT, "..", "shared", "reference", SMALL)
+    if not os.path.exists(index):
+        pytest.skip("../shared/reference/ is not beside this checkout")
+    assert download.git_blob_id(index) == download.FILES[SMALL]
+    with open(index, "rb") as f:
+        assert blob_id(f.read()) == download.FILES[SMALL]
