@@ -1,10 +1,26 @@
-"""ImageNet for tensorpack: the model base class (preprocessing, loss, errors)."""
+"""ImageNet for tensorpack: the model base class (preprocessing, loss, errors), data and evaluation."""
+import collections
+import concurrent.futures
+import functools
+import glob
+import os
+import re
+import threading
+import time
+import zipfile
+
 import compat  # noqa: F401  (must come before TensorFlow)
+import cv2
 import numpy as np
 import tensorflow as tf
 from tensorpack import ModelDesc
+from tensorpack.dataflow import BatchData, DataFromList, ProxyDataFlow, imgaug
 from tensorpack.models import regularize_cost
+from tensorpack.predict import OfflinePredictor, OnlinePredictor, PredictConfig
+from tensorpack.tfutils.sessinit import SessionInit, SmartInit
 from tensorpack.tfutils.summary import add_moving_summary
+from tensorpack.tfutils.tower import PredictTowerContext
+from tensorpack.utils.utils import get_tqdm
 
 tfv1 = tf.compat.v1
 
@@ -71,3 +87,318 @@ class ImageNetModel(ModelDesc):
         lr = tfv1.get_variable('learning_rate', initializer=0.1, trainable=False)
         tfv1.summary.scalar('learning_rate-summary', lr)
         return tfv1.train.MomentumOptimizer(lr, 0.9, use_nesterov=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# ImageNet data in the caffe_ilsvrc12 layout, and evaluation.
+
+class DataError(Exception):
+    """Input data that can not be used as given; the message names the path and the fix."""
+
+
+class CheckpointError(Exception):
+    """A checkpoint that is absent or does not fit the model; the message says which variables."""
+
+
+def read_synsets(meta_dir):
+    """The wnids of `synsets.txt` in class order (1000 for ImageNet)."""
+    path = os.path.join(meta_dir, 'synsets.txt')
+    if not os.path.isdir(meta_dir):
+        raise DataError('{} does not exist: it should hold the caffe ilsvrc12 metadata (synsets.txt, '
+                        'val.txt, ...; http://dl.caffe.berkeleyvision.org/caffe_ilsvrc12.tar.gz); '
+                        'put it there or set --meta_dir'.format(meta_dir))
+    synsets = [line.strip() for line in _read_lines(path) if line.strip()]
+    if not synsets:
+        raise DataError('{} lists no classes (one wnid per line expected)'.format(path))
+    return synsets
+
+
+def read_split_list(meta_dir, split):
+    """The (relative path, label) pairs of `train.txt` or `val.txt`, in file order."""
+    path = os.path.join(meta_dir, split + '.txt')
+    examples = []
+    for number, line in enumerate(_read_lines(path), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 2 or not fields[1].isdigit():
+            raise DataError('{}, line {}: expected "<relative path> <label>", got {!r}'.format(
+                path, number, line.rstrip('\n')))
+        examples.append((fields[0], int(fields[1])))
+    return examples
+
+
+def _read_lines(path):
+    """The lines of a metadata file; DataError naming it when it is missing."""
+    try:
+        with open(path) as f:
+            return f.readlines()
+    except OSError as e:
+        raise DataError('{}: {} (caffe ilsvrc12 metadata expected; set --meta_dir to its '
+                        'directory)'.format(path, e.strerror)) from None
+
+
+def list_val_images(data_dir, meta_dir, num_shown=5):
+    """(image path, label) for every line of `val.txt`, found in `val/` flat or in `val/<wnid>/`."""
+    if not os.path.isdir(data_dir):
+        raise DataError('--data_dir {} does not exist: it must be the ImageNet directory holding '
+                        'val/ (and train/)'.format(data_dir))
+    val_dir = os.path.join(data_dir, 'val')
+    if not os.path.isdir(val_dir):
+        raise DataError('{} not found: --data_dir must be the ImageNet directory holding val/, '
+                        'flat or in per-class subfolders'.format(val_dir))
+    synsets = read_synsets(meta_dir)
+    examples, absent = [], []
+    for name, label in read_split_list(meta_dir, 'val'):
+        if label >= len(synsets):
+            raise DataError('{}: label {} of {} is out of range for the {} classes of {}'.format(
+                os.path.join(meta_dir, 'val.txt'), label, name, len(synsets),
+                os.path.join(meta_dir, 'synsets.txt')))
+        flat = os.path.join(val_dir, name)
+        in_class = os.path.join(val_dir, synsets[label], os.path.basename(name))
+        path = flat if os.path.isfile(flat) else in_class
+        if os.path.isfile(path):
+            examples.append((path, label))
+        else:
+            absent.append(name)
+    if absent:
+        raise DataError('{} of the images listed in {} are not in {} (flat or under <wnid>/): {}{}'.format(
+            len(absent), os.path.join(meta_dir, 'val.txt'), val_dir, ', '.join(absent[:num_shown]),
+            ', ...' if len(absent) > num_shown else ''))
+    if not examples:
+        raise DataError('{} lists no images'.format(os.path.join(meta_dir, 'val.txt')))
+    return examples
+
+
+def decode_image(path):
+    """The image file at `path` as BGR uint8 HxWx3 (CMYK, grayscale and PNG content included)."""
+    try:
+        data = np.fromfile(path, np.uint8)
+    except OSError as e:
+        raise DataError('{}: can not be read: {}'.format(path, e.strerror)) from None
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise DataError('{}: can not be decoded as an image'.format(path))
+    return image
+
+
+def eval_augmentor(image_size=224):
+    """Shorter edge to int(S*256/224) with bicubic interpolation, then the center S x S crop."""
+    return imgaug.AugmentorList([
+        imgaug.ResizeShortestEdge(int(image_size * 256 / 224), cv2.INTER_CUBIC),
+        imgaug.CenterCrop((image_size, image_size)),
+    ])
+
+
+class ThreadMapData(ProxyDataFlow):
+    """MapData run by `workers` threads: the same datapoints in the same order, `buffer_size` ahead.
+
+    Unlike tensorpack's MultiThreadMapData, an exception in `map_func` reaches the consumer instead
+    of ending a worker and hanging the dataflow, the order is kept, and nothing waits for idle
+    workers at the end. As in MapData, datapoints mapped to None are dropped.
+    """
+
+    def __init__(self, ds, map_func, workers, buffer_size):
+        super().__init__(ds)
+        self.map_func = map_func
+        self.workers = workers
+        self.buffer_size = buffer_size
+
+    def __iter__(self):
+        pool = concurrent.futures.ThreadPoolExecutor(self.workers)
+        try:
+            for future in self._submitted(pool):
+                result = future.result()
+                if result is not None:
+                    yield result
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _submitted(self, pool):
+        """Futures of the mapped datapoints in order, keeping `buffer_size` of them submitted ahead."""
+        pending = collections.deque()
+        for datapoint in self.ds:
+            pending.append(pool.submit(self.map_func, datapoint))
+            if len(pending) > self.buffer_size:
+                yield pending.popleft()
+        yield from pending
+
+
+def _load_example(augmentor, bad_images, example):
+    """[augmented image, label]; an undecodable image raises, or goes to `bad_images` and gives None."""
+    path, label = example
+    try:
+        image = decode_image(path)
+    except DataError as e:
+        if bad_images is None:
+            raise DataError('{} (--skip-bad-images skips such images)'.format(e)) from None
+        bad_images.append(path)
+        return None
+    return [augmentor.augment(image), label]
+
+
+def get_val_dataflow(examples, batch_size, image_size=224, workers=None, bad_images=None):
+    """Batches [uint8 BGR images, int32 labels] of (path, label) `examples`, decoded in parallel.
+
+    `workers` threads decode and resize (default: the CPU count); the batches do not depend on
+    them. Undecodable images raise DataError, or are skipped and their paths appended to
+    `bad_images` when it is a list.
+    """
+    examples = [(path, np.int32(label)) for path, label in examples]
+    load = functools.partial(_load_example, eval_augmentor(image_size), bad_images)
+    df = ThreadMapData(DataFromList(examples, shuffle=False), load, workers or os.cpu_count() or 1,
+                       buffer_size=max(2 * batch_size, 64))
+    return BatchData(df, batch_size, remainder=True)
+
+
+def evaluate(model, session_init, dataflow, num_towers=1):
+    """Top-1 and top-5 error of `model` on `dataflow`: (top1, top5, number of images, seconds).
+
+    With several towers (one per GPU), each tower runs the batches it takes from the dataflow.
+    """
+    config = PredictConfig(model=model, session_init=session_init, input_names=['input', 'label'],
+                           output_names=['wrong-top1', 'wrong-top5'])
+    predictors = _tower_predictors(config, num_towers) if num_towers > 1 else [OfflinePredictor(config)]
+    dataflow.reset_state()
+    batches, lock = iter(dataflow), threading.Lock()
+    totals = np.zeros(3)    # wrong top-1, wrong top-5, images
+    start = time.perf_counter()
+    with get_tqdm(total=len(dataflow), desc='Evaluating', unit='batch') as bar, \
+            concurrent.futures.ThreadPoolExecutor(len(predictors)) as pool:
+        towers = [pool.submit(_run_tower, p, batches, lock, totals, bar) for p in predictors]
+        for tower in towers:
+            tower.result()
+    seconds = time.perf_counter() - start
+    if not totals[2]:
+        raise DataError('no image could be evaluated')
+    return float(totals[0] / totals[2]), float(totals[1] / totals[2]), int(totals[2]), seconds
+
+
+def _tower_predictors(config, num_towers):
+    """One predictor per tower `/gpu:i`, sharing variables and a session.
+
+    What tensorpack's MultiTowerOfflinePredictor does; that one calls `tf.variable_scope`, which
+    TensorFlow 2 keeps only under tf.compat.v1.
+    """
+    graph = tf.Graph()
+    with graph.as_default():
+        inputs = [tfv1.placeholder(spec.dtype, spec.shape, spec.name) for spec in config.input_signature]
+        towers = []
+        for index in range(num_towers):
+            with tfv1.variable_scope(tfv1.get_variable_scope(), reuse=index > 0), \
+                    tf.device('/gpu:{}'.format(index)), PredictTowerContext('tower{}'.format(index)):
+                config.tower_func(*inputs)
+            towers.append(config.tower_func.towers[-1])
+        config.session_init._setup_graph()
+        sess = config.session_creator.create_session()
+        config.session_init._run_init(sess)
+        return [OnlinePredictor(tower.get_tensors(config.input_names),
+                                tower.get_tensors(config.output_names), sess=sess) for tower in towers]
+
+
+def _run_tower(predictor, batches, lock, totals, bar):
+    """Feed `predictor` batches from the shared iterator; add its errors and images to `totals`."""
+    while True:
+        with lock:
+            batch = next(batches, None)
+        if batch is None:
+            return
+        images, labels = batch
+        wrong1, wrong5 = predictor(images, labels)
+        with lock:
+            totals += (wrong1.sum(), wrong5.sum(), len(labels))
+            bar.update()
+
+
+def checkpoint_variables(graph=None):
+    """The variables a checkpoint must provide: trainable ones and batch-norm `mean/EMA`, `variance/EMA`.
+
+    Bookkeeping variables such as `global_step`, `learning_rate` and optimizer slots are not among them.
+    """
+    graph = graph or tfv1.get_default_graph()
+    trainable = set(graph.get_collection(tfv1.GraphKeys.TRAINABLE_VARIABLES))
+    return sorted((v for v in graph.get_collection(tfv1.GraphKeys.GLOBAL_VARIABLES)
+                   if v in trainable or re.search('/(mean|variance)/EMA$', v.op.name)),
+                  key=lambda v: v.op.name)
+
+
+def resolve_checkpoint(path):
+    """A `--load` value (checkpoint prefix, training log directory, or .npz) as a loadable path."""
+    if path.endswith('.npz'):
+        if not os.path.isfile(path):
+            raise CheckpointError('{} does not exist'.format(path))
+        return path
+    if os.path.isdir(path):
+        latest = tf.train.latest_checkpoint(path)
+        if latest is None:
+            raise CheckpointError('{} is a directory without a checkpoint (no "checkpoint" file '
+                                  'naming an existing model-*.index)'.format(path))
+        return latest
+    prefix = re.sub(r'\.(index|data-\d+-of-\d+)$', '', path)
+    if not os.path.isfile(prefix + '.index'):
+        raise CheckpointError('{}.index does not exist: --load takes a checkpoint prefix (the released '
+                              'one: python models/download.py, then --load=./models/ghostnet_checkpoint), '
+                              'a training log directory or a .npz file'.format(prefix))
+    if not glob.glob(glob.escape(prefix) + '.data-*'):
+        raise CheckpointError('{}.index has no {}.data-* file beside it: get both files (python '
+                              'models/download.py for the released checkpoint)'.format(prefix, prefix))
+    return prefix
+
+
+def checkpoint_shapes(path):
+    """{variable name: shape} stored in a TF checkpoint (prefix) or a tensorpack .npz."""
+    try:
+        if path.endswith('.npz'):
+            with np.load(path) as arrays:
+                return {re.sub(':0$', '', name): list(arrays[name].shape) for name in arrays.files}
+        return tf.train.load_checkpoint(path).get_variable_to_shape_map()
+    except (OSError, ValueError, zipfile.BadZipFile, tf.errors.OpError) as e:
+        raise CheckpointError('{}: not a readable checkpoint: {}'.format(path, e)) from None
+
+
+def check_checkpoint(path, model_variables):
+    """(missing names, [(name, checkpoint shape, model shape)]) of `model_variables` in a checkpoint."""
+    stored = checkpoint_shapes(path)
+    missing, mismatched = [], []
+    for variable in model_variables:
+        name, shape = variable.op.name, variable.shape.as_list()
+        if name not in stored:
+            missing.append(name)
+        elif list(stored[name]) != shape:
+            mismatched.append((name, list(stored[name]), shape))
+    return missing, mismatched
+
+
+def checkpoint_mismatch_message(path, missing, mismatched, num_shown=10):
+    """The error text for `check_checkpoint` results: what is missing and what has another shape."""
+    lines = ['checkpoint {} does not fit the model (its width, SE, codes or number of classes '
+             'differ):'.format(path)]
+    if missing:
+        lines.append('  missing from the checkpoint ({}): {}'.format(
+            len(missing), ', '.join(missing[:num_shown])))
+    if mismatched:
+        lines.append('  with another shape ({}):'.format(len(mismatched)))
+        lines += ['    {}: checkpoint {}, model {}'.format(*m) for m in mismatched[:num_shown]]
+    if max(len(missing), len(mismatched)) > num_shown:
+        lines.append('  (first {} of each shown)'.format(num_shown))
+    return '\n'.join(lines)
+
+
+class CheckedInit(SessionInit):
+    """Restores a checkpoint only if it holds every checkpoint variable of the graph, shapes equal."""
+
+    def __init__(self, path):
+        self.path = resolve_checkpoint(path)
+        self._init = SmartInit(self.path)
+
+    def _setup_graph(self):
+        missing, mismatched = check_checkpoint(self.path, checkpoint_variables())
+        if missing or mismatched:
+            raise CheckpointError(checkpoint_mismatch_message(self.path, missing, mismatched))
+        self._init._setup_graph()
+
+    def _run_init(self, sess):
+        try:
+            self._init._run_init(sess)
+        except tf.errors.OpError as e:
+            raise CheckpointError('{}: restoring failed: {}'.format(self.path, e.message)) from None

@@ -6,3 +6,75 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import compat  # noqa: E402,F401
+
+# Shared by the data and evaluation tests: a generated sample dataset and random checkpoints.
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from tensorpack.tfutils.tower import TowerContext  # noqa: E402
+
+from ghostnet import GhostNet  # noqa: E402
+from imagenet_utils import checkpoint_variables  # noqa: E402
+from sample_data import write_sample_dataset  # noqa: E402
+
+tfv1 = tf.compat.v1
+
+# Small enough for CPU tests: the model and the images the sample and checkpoint fixtures use.
+SMALL_WIDTH = 0.25
+SMALL_IMAGE_SIZE = 32
+SAMPLE = dict(num_classes=4, train_per_class=1, val_per_class=3, image_size=48, metadata_classes=1000)
+
+
+def build_inference_graph(num_classes=1000, width=SMALL_WIDTH, image_size=SMALL_IMAGE_SIZE):
+    """GhostNet built for inference in the default graph, with placeholders `input` and `label`."""
+    model = GhostNet(num_classes=num_classes, width=width, image_shape=image_size)
+    inputs = [tfv1.placeholder(spec.dtype, spec.shape, spec.name) for spec in model.get_input_signature()]
+    with TowerContext('', is_training=False):
+        model.build_graph(*inputs)
+    return model
+
+
+def write_random_checkpoint(prefix, num_classes=1000, width=SMALL_WIDTH, image_size=SMALL_IMAGE_SIZE,
+                            seed=0, drop=(), extra=(), favoured_classes=0, npz=None):
+    """Save a randomly initialized model's checkpoint variables under `prefix` (and to `npz`).
+
+    `drop` names variables to leave out, `extra` names scalars to add (like a training checkpoint's
+    global step and optimizer slots); `favoured_classes` raises the classifier bias of the first
+    classes so that they, and not the other of the 1000, compete for the top ranks.
+    """
+    with tf.Graph().as_default():
+        tfv1.set_random_seed(seed)
+        build_inference_graph(num_classes, width, image_size)
+        variables = [v for v in checkpoint_variables() if v.op.name not in drop]
+        variables += [tfv1.get_variable(name, initializer=0.0) for name in extra]
+        with tfv1.Session() as sess:
+            sess.run(tfv1.global_variables_initializer())
+            if favoured_classes:
+                bias, = [v for v in variables if v.op.name == 'MobileNetV2/Logits/Conv2d_1c_1x1/b']
+                sess.run(bias[:favoured_classes].assign(bias[:favoured_classes] + 100.0))
+            tfv1.train.Saver(variables).save(sess, prefix, write_meta_graph=False)
+            if npz:
+                np.savez(npz, **sess.run({v.name: v for v in variables}))
+    return prefix
+
+
+@pytest.fixture(scope='session')
+def sample_dirs(tmp_path_factory):
+    """{'flat': dir, 'subfolders': dir}: the same small sample (1000-class metadata) in both val layouts."""
+    root = tmp_path_factory.mktemp('sample')
+    return {layout: write_sample_dataset(str(root / layout), val_layout=layout, **SAMPLE)
+            for layout in ('flat', 'subfolders')}
+
+
+@pytest.fixture(scope='session')
+def random_checkpoint(tmp_path_factory):
+    """A random width-0.25, 1000-class model whose top ranks go to the sample's classes and 4 more.
+
+    {'prefix': TF checkpoint with a training run's extra variables, 'log_dir': its directory
+    (with a `checkpoint` file), 'npz': the same weights as a tensorpack .npz}.
+    """
+    log_dir = tmp_path_factory.mktemp('train_log')
+    extra = ('global_step', 'learning_rate', 'MobileNetV2/Conv2d_0/W/Momentum')
+    prefix = write_random_checkpoint(str(log_dir / 'model-100'), favoured_classes=2 * SAMPLE['num_classes'],
+                                     extra=extra, npz=str(log_dir / 'model.npz'))
+    return {'prefix': prefix, 'log_dir': str(log_dir), 'npz': str(log_dir / 'model.npz')}

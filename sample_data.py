@@ -1,0 +1,86 @@
+"""A small sample in the ImageNet layout with caffe metadata, learnable by a tiny CNN (demo, tests).
+
+Class i (wnid n00000000 + i) has its own hue and stripe orientation; saturation, brightness,
+stripe period and phase, size, aspect ratio and noise vary from image to image.
+"""
+import os
+
+import cv2
+import numpy as np
+
+GOLDEN_RATIO_CONJUGATE = 0.6180339887
+
+
+def wnid(index):
+    """The fake wnid of class `index`: n00000000, n00000001, ..."""
+    return 'n{:08d}'.format(index)
+
+
+def sample_image(rng, class_index, num_classes, image_size):
+    """A BGR uint8 image of class `class_index`: its hue, stripes at its angle, plus noise."""
+    height, width = rng.integers(image_size * 3 // 4, image_size * 5 // 4 + 1, size=2)
+    angle = np.pi * ((class_index * GOLDEN_RATIO_CONJUGATE) % 1.0)
+    period = rng.uniform(0.15, 0.3) * min(height, width)
+    y, x = np.mgrid[:height, :width]
+    phase = 2 * np.pi * ((x * np.cos(angle) + y * np.sin(angle)) / period) + rng.uniform(0, 2 * np.pi)
+    stripes = np.sin(phase) > 0
+    hsv = np.empty((height, width, 3), np.float32)
+    hsv[..., 0] = 180.0 * class_index / num_classes
+    hsv[..., 1] = rng.uniform(150, 255)
+    hsv[..., 2] = np.where(stripes, rng.uniform(190, 255), rng.uniform(60, 110))
+    bgr = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2BGR).astype(np.float32)
+    bgr += rng.normal(0, 12, bgr.shape)
+    return np.clip(bgr, 0, 255).astype(np.uint8)
+
+
+def write_sample_dataset(root, num_classes=10, train_per_class=20, val_per_class=10, image_size=64,
+                         val_layout='flat', metadata_classes=None, seed=0):
+    """Write JPEGs under `root/{train,val}` and metadata under `root/caffe_ilsvrc12`; return `root`.
+
+    `metadata_classes` (default `num_classes`) classes are listed in synsets.txt; the first
+    `num_classes` of them have images. `val_layout` is 'flat' (val/ILSVRC2012_val_*.JPEG) or
+    'subfolders' (val/<wnid>/...). The same seed gives the same images in either layout.
+    """
+    if val_layout not in ('flat', 'subfolders'):
+        raise ValueError("val_layout must be 'flat' or 'subfolders', got {!r}".format(val_layout))
+    metadata_classes = metadata_classes or num_classes
+    if metadata_classes < num_classes:
+        raise ValueError('metadata_classes ({}) < num_classes ({})'.format(metadata_classes, num_classes))
+    rng = np.random.default_rng(seed)
+    train_list = []
+    for label in range(num_classes):
+        for i in range(train_per_class):
+            name = '{0}/{0}_{1}.JPEG'.format(wnid(label), i)
+            _write_jpeg(os.path.join(root, 'train', name), sample_image(rng, label, num_classes, image_size))
+            train_list.append((name, label))
+    val_labels = rng.permutation(np.repeat(np.arange(num_classes), val_per_class))
+    val_list = []
+    for number, label in enumerate(val_labels, start=1):
+        name = 'ILSVRC2012_val_{:08d}.JPEG'.format(number)
+        folder = wnid(label) if val_layout == 'subfolders' else ''
+        _write_jpeg(os.path.join(root, 'val', folder, name),
+                    sample_image(rng, label, num_classes, image_size))
+        val_list.append((name, label))
+    _write_metadata(os.path.join(root, 'caffe_ilsvrc12'), metadata_classes, train_list, val_list)
+    return root
+
+
+def _write_jpeg(path, image):
+    """Write `image` as a JPEG file at `path`, creating its directory."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if not cv2.imwrite(path, image, [cv2.IMWRITE_JPEG_QUALITY, 90]):
+        raise OSError('could not write {}'.format(path))
+
+
+def _write_metadata(meta_dir, metadata_classes, train_list, val_list):
+    """The caffe_ilsvrc12 files: synsets.txt, synset_words.txt, train.txt, val.txt."""
+    os.makedirs(meta_dir, exist_ok=True)
+    files = {
+        'synsets.txt': [wnid(i) for i in range(metadata_classes)],
+        'synset_words.txt': ['{} sample class {}'.format(wnid(i), i) for i in range(metadata_classes)],
+        'train.txt': ['{} {}'.format(name, label) for name, label in train_list],
+        'val.txt': ['{} {}'.format(name, label) for name, label in val_list],
+    }
+    for name, lines in files.items():
+        with open(os.path.join(meta_dir, name), 'w') as f:
+            f.write(''.join(line + '\n' for line in lines))

@@ -1,0 +1,212 @@
+"""main.py end to end on a generated sample: errors against numpy, layouts, checkpoints, bad input, demo."""
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import (ROOT, SAMPLE, SMALL_IMAGE_SIZE, SMALL_WIDTH, build_inference_graph,
+                      write_random_checkpoint)
+
+import main
+from imagenet_utils import (CheckedInit, check_checkpoint, checkpoint_variables, decode_image, eval_augmentor,
+                            evaluate, get_val_dataflow, list_val_images)
+
+tfv1 = tf.compat.v1
+SMALL = ['--width_ratio', str(SMALL_WIDTH), '--image_size', str(SMALL_IMAGE_SIZE), '--batch', '5',
+         '--workers', '2']
+NUM_VAL = SAMPLE['num_classes'] * SAMPLE['val_per_class']
+REFERENCE = os.path.join(ROOT, '..', 'shared', 'reference', 'ghostnet_checkpoint')
+
+
+def run_cli(*args):
+    """main.py in a subprocess: (exit status, stdout, stderr)."""
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'main.py'), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def run_main(capfd, *args):
+    """main.main in this process, which must succeed: its stdout."""
+    assert main.main(list(args)) == 0
+    out, err = capfd.readouterr()
+    assert 'Traceback' not in err
+    return out
+
+
+def main_error(capfd, *args):
+    """main.main in this process, which must stop with an `error: ...` exit: the message."""
+    with pytest.raises(SystemExit) as stop:
+        main.main(list(args))
+    out, err = capfd.readouterr()
+    assert 'Traceback' not in err and 'Top1 Error' not in out
+    message = str(stop.value.code)
+    assert message.startswith('error: ')
+    return message
+
+
+def reported_errors(stdout, num_images=NUM_VAL):
+    """(top1, top5) from the last lines, checking the released format and the line before them."""
+    lines = stdout.rstrip('\n').split('\n')
+    assert re.fullmatch(r'Evaluated {} images in [\d.]+ s \([\d.]+ images/s\)'.format(num_images),
+                        lines[-3]), lines[-3:]
+    top1 = re.fullmatch(r'Top1 Error: ([\d.e-]+)', lines[-2])
+    top5 = re.fullmatch(r'Top5 Error: ([\d.e-]+)', lines[-1])
+    assert top1 and top5, lines[-2:]
+    return float(top1.group(1)), float(top5.group(1))
+
+
+@pytest.fixture(scope='module')
+def expected_errors(sample_dirs, random_checkpoint):
+    """Top-1/top-5 error from the logits of a plain session and numpy: the second code path."""
+    data_dir = sample_dirs['flat']
+    examples = list_val_images(data_dir, os.path.join(data_dir, 'caffe_ilsvrc12'))
+    augmentor = eval_augmentor(SMALL_IMAGE_SIZE)
+    images = np.stack([augmentor.augment(decode_image(path)) for path, _ in examples]).astype(np.float32)
+    labels = np.array([label for _, label in examples])
+    with tf.Graph().as_default():
+        build_inference_graph()
+        with tfv1.Session() as sess:
+            tfv1.train.Saver().restore(sess, random_checkpoint['prefix'])
+            logits = sess.run('logits:0', {'input:0': images})
+    ranking = np.argsort(-logits, axis=1)
+    top1 = np.mean(ranking[:, 0] != labels)
+    top5 = np.mean([label not in ranks[:5] for label, ranks in zip(labels, ranking)])
+    assert 0 < top1 < 1 and 0 < top5 < 1   # the comparison can tell right from wrong
+    return top1, top5
+
+
+def test_cli_eval_matches_python_api(sample_dirs, random_checkpoint, expected_errors):
+    status, out, err = run_cli('--eval', '--data_dir=' + sample_dirs['flat'],
+                               '--load=' + random_checkpoint['prefix'], *SMALL)
+    assert status == 0, err
+    assert reported_errors(out) == pytest.approx(expected_errors, abs=1e-12)
+    assert 'Evaluating' in err   # the progress bar
+
+
+def test_subfolder_layout_and_log_directory_give_same_numbers(capfd, sample_dirs, random_checkpoint,
+                                                              expected_errors):
+    out = run_main(capfd, '--eval', '--data_dir', sample_dirs['subfolders'],
+                   '--load', random_checkpoint['log_dir'], *SMALL)
+    assert reported_errors(out) == pytest.approx(expected_errors, abs=1e-12)
+
+
+def test_two_towers_on_npz_give_same_numbers(sample_dirs, random_checkpoint, expected_errors):
+    """Two towers (soft-placed on the CPU here) share the batches and add up to the same errors."""
+    examples = list_val_images(sample_dirs['flat'], os.path.join(sample_dirs['flat'], 'caffe_ilsvrc12'))
+    model = main.build_model(main.parse_args(['--eval', '--data_dir', sample_dirs['flat']] + SMALL), 1000)
+    dataflow = get_val_dataflow(examples, 2, SMALL_IMAGE_SIZE, workers=2)
+    top1, top5, count, seconds = evaluate(model, CheckedInit(random_checkpoint['npz']), dataflow, 2)
+    assert (top1, top5) == pytest.approx(expected_errors, abs=1e-12)
+    assert count == NUM_VAL and seconds > 0
+
+
+def test_checkpoint_that_does_not_fit_stops_before_evaluation(capfd, tmp_path, sample_dirs):
+    """A width-0.5 checkpoint lacking one variable, loaded into the width-0.25 model."""
+    checkpoint = write_random_checkpoint(str(tmp_path / 'wide'), width=0.5,
+                                         drop=('MobileNetV2/Conv2d_5_se/fc1/b',))
+    message = main_error(capfd, '--eval', '--data_dir', sample_dirs['flat'], '--load', checkpoint, *SMALL)
+    assert message.startswith('error: checkpoint {} does not fit the model'.format(checkpoint))
+    assert '  missing from the checkpoint (1): MobileNetV2/Conv2d_5_se/fc1/b\n' in message
+    assert re.search(r'  with another shape \(\d+\):\n    MobileNetV2/Conv2d_10_\S+: checkpoint '
+                     r'\[[\d, ]+\], model \[[\d, ]+\]', message)
+
+
+def test_released_index_fits_the_width_1_model():
+    if not os.path.isfile(REFERENCE + '.index'):
+        pytest.skip('no ../shared/reference/ghostnet_checkpoint.index')
+    with tf.Graph().as_default():
+        build_inference_graph(width=1.0)
+        assert check_checkpoint(REFERENCE, checkpoint_variables()) == ([], [])
+
+
+def test_checkpoint_path_errors(capfd, tmp_path, sample_dirs, random_checkpoint):
+    args = ['--eval', '--data_dir', sample_dirs['flat']] + SMALL
+    absent = str(tmp_path / 'absent')
+    assert '{}.index does not exist'.format(absent) in main_error(capfd, *args, '--load', absent)
+    assert 'without a checkpoint' in main_error(capfd, *args, '--load', str(tmp_path))
+    index_only = tmp_path / 'index_only'
+    shutil.copy(random_checkpoint['prefix'] + '.index', str(index_only) + '.index')
+    assert 'no {}.data-* file'.format(index_only) in main_error(capfd, *args, '--load', str(index_only))
+    assert '{} does not exist'.format(tmp_path / 'x.npz') in main_error(
+        capfd, *args, '--load', str(tmp_path / 'x.npz'))
+
+
+def test_data_errors(capfd, tmp_path, sample_dirs):
+    missing = str(tmp_path / 'missing')
+    assert '--data_dir {} does not exist'.format(missing) in main_error(
+        capfd, '--eval', '--data_dir', missing, *SMALL)
+    data_dir = shutil.copytree(sample_dirs['flat'], str(tmp_path / 'data'))
+    meta_dir = os.path.join(data_dir, 'caffe_ilsvrc12')
+    os.remove(os.path.join(data_dir, 'val', 'ILSVRC2012_val_00000002.JPEG'))
+    assert ('1 of the images listed in {} are not in {} (flat or under <wnid>/): '
+            'ILSVRC2012_val_00000002.JPEG'.format(os.path.join(meta_dir, 'val.txt'),
+                                                  os.path.join(data_dir, 'val'))
+            in main_error(capfd, '--eval', '--data_dir', data_dir, *SMALL))
+    shutil.rmtree(os.path.join(data_dir, 'val'))
+    assert '{} not found'.format(os.path.join(data_dir, 'val')) in main_error(
+        capfd, '--eval', '--data_dir', data_dir, *SMALL)
+
+
+def test_missing_metadata_is_one_error_line(tmp_path, sample_dirs):
+    data_dir = shutil.copytree(sample_dirs['flat'], str(tmp_path / 'data'))
+    meta_dir = os.path.join(data_dir, 'caffe_ilsvrc12')
+    shutil.rmtree(meta_dir)
+    status, out, err = run_cli('--eval', '--data_dir', data_dir, *SMALL)
+    assert status == 1 and 'Traceback' not in err
+    assert err.rstrip('\n').split('\n')[-1].startswith('error: {} does not exist'.format(meta_dir))
+    assert not os.path.exists(meta_dir)
+
+
+def test_undecodable_image_stops_naming_it(capfd, tmp_path, sample_dirs):
+    data_dir = shutil.copytree(sample_dirs['flat'], str(tmp_path / 'data'))
+    bad = os.path.join(data_dir, 'val', 'ILSVRC2012_val_00000007.JPEG')
+    with open(bad, 'wb') as f:
+        f.write(b'\xff\xd8 not really a JPEG')
+    message = main_error(capfd, '--eval', '--data_dir', data_dir, *SMALL)
+    assert message == ('error: {}: can not be decoded as an image '
+                       '(--skip-bad-images skips such images)'.format(bad))
+
+
+def test_skip_bad_images_reports_them(capfd, tmp_path, sample_dirs):
+    data_dir = shutil.copytree(sample_dirs['flat'], str(tmp_path / 'data'))
+    bad = [os.path.join(data_dir, 'val', 'ILSVRC2012_val_0000000{}.JPEG'.format(i)) for i in (3, 9)]
+    for path in bad:
+        open(path, 'wb').close()
+    out = run_main(capfd, '--eval', '--data_dir', data_dir, '--skip-bad-images', *SMALL)
+    reported_errors(out, NUM_VAL - 2)
+    assert 'Skipped 2 images that could not be decoded: {}, {}'.format(*bad) in out
+
+
+def test_usage_errors(capfd):
+    for args, text in ((['--eval'], '--eval needs --data_dir'), ([], 'nothing to do'),
+                       (['--flops', '--dw_code_str', '3,3'], '--dw_code_str: expected 16')):
+        with pytest.raises(SystemExit) as stop:
+            main.main(args)
+        assert stop.value.code == 2 and text in capfd.readouterr().err
+
+
+def test_flops_table_and_totals(capfd):
+    out = run_main(capfd, '--flops')
+    assert re.search(r'MobileNetV2/Conv2d_0 +Conv2D +\[1, 112, 112, 16\] +464 +5,419,008', out)
+    assert 'Total: 5,183,016 parameters' in out and '(141M' in out
+    assert 'TensorFlow profiler:' in out and 'counts a multiply-add as two' in out
+
+
+def test_demo_writes_a_sample_and_evaluates_it(capfd, caplog, tmp_path):
+    data_dir = str(tmp_path / 'demo')
+    out = run_main(capfd, '--demo', '--data_dir', data_dir, *SMALL)
+    reported_errors(out, 100)
+    assert 'evaluating randomly initialized weights' in caplog.text
+    assert os.path.isfile(os.path.join(data_dir, 'caffe_ilsvrc12', 'synsets.txt'))
+    assert len(os.listdir(os.path.join(data_dir, 'val'))) == 100
+
+
+def test_nchw_without_gpu_is_a_usage_error(capfd, sample_dirs):
+    if tf.config.list_physical_devices('GPU'):
+        pytest.skip('a GPU is visible')
+    assert 'NCHW needs a GPU' in main_error(capfd, '--eval', '--data_dir', sample_dirs['flat'],
+                                            '--data-format', 'NCHW', *SMALL)
