@@ -10,8 +10,9 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
 
 import tensorflow as tf  # noqa: E402
 
-# tensorpack's Horovod trainer and distributed graph builder still call TF1 names on the
-# top-level module; TensorFlow 2 keeps them only under tf.compat.v1.
-for _name in ('global_variables', 'local_variables', 'variables_initializer'):
+# tensorpack's Horovod trainer, distributed graph builder and multi-tower predictor still call
+# TF1 names on the top-level module; TensorFlow 2 keeps them only under tf.compat.v1.
+for _name in ('global_variables', 'local_variables', 'variables_initializer',
+              'variable_scope', 'get_variable_scope'):
     if not hasattr(tf, _name):
         setattr(tf, _name, getattr(tf.compat.v1, _name))

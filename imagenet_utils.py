@@ -16,10 +16,9 @@ import tensorflow as tf
 from tensorpack import ModelDesc
 from tensorpack.dataflow import BatchData, DataFromList, ProxyDataFlow, imgaug
 from tensorpack.models import regularize_cost
-from tensorpack.predict import OfflinePredictor, OnlinePredictor, PredictConfig
+from tensorpack.predict import MultiTowerOfflinePredictor, OfflinePredictor, PredictConfig
 from tensorpack.tfutils.sessinit import SessionInit, SmartInit
 from tensorpack.tfutils.summary import add_moving_summary
-from tensorpack.tfutils.tower import PredictTowerContext
 from tensorpack.utils.utils import get_tqdm
 
 tfv1 = tf.compat.v1
@@ -258,7 +257,10 @@ def evaluate(model, session_init, dataflow, num_towers=1):
     """
     config = PredictConfig(model=model, session_init=session_init, input_names=['input', 'label'],
                            output_names=['wrong-top1', 'wrong-top5'])
-    predictors = _tower_predictors(config, num_towers) if num_towers > 1 else [OfflinePredictor(config)]
+    if num_towers > 1:
+        predictors = MultiTowerOfflinePredictor(config, list(range(num_towers))).get_predictors()
+    else:
+        predictors = [OfflinePredictor(config)]
     dataflow.reset_state()
     batches, lock = iter(dataflow), threading.Lock()
     totals = np.zeros(3)    # wrong top-1, wrong top-5, images
@@ -272,28 +274,6 @@ def evaluate(model, session_init, dataflow, num_towers=1):
     if not totals[2]:
         raise DataError('no image could be evaluated')
     return float(totals[0] / totals[2]), float(totals[1] / totals[2]), int(totals[2]), seconds
-
-
-def _tower_predictors(config, num_towers):
-    """One predictor per tower `/gpu:i`, sharing variables and a session.
-
-    What tensorpack's MultiTowerOfflinePredictor does; that one calls `tf.variable_scope`, which
-    TensorFlow 2 keeps only under tf.compat.v1.
-    """
-    graph = tf.Graph()
-    with graph.as_default():
-        inputs = [tfv1.placeholder(spec.dtype, spec.shape, spec.name) for spec in config.input_signature]
-        towers = []
-        for index in range(num_towers):
-            with tfv1.variable_scope(tfv1.get_variable_scope(), reuse=index > 0), \
-                    tf.device('/gpu:{}'.format(index)), PredictTowerContext('tower{}'.format(index)):
-                config.tower_func(*inputs)
-            towers.append(config.tower_func.towers[-1])
-        config.session_init._setup_graph()
-        sess = config.session_creator.create_session()
-        config.session_init._run_init(sess)
-        return [OnlinePredictor(tower.get_tensors(config.input_names),
-                                tower.get_tensors(config.output_names), sess=sess) for tower in towers]
 
 
 def _run_tower(predictor, batches, lock, totals, bar):
