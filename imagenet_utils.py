@@ -3,6 +3,7 @@ import collections
 import concurrent.futures
 import functools
 import glob
+import math
 import os
 import re
 import threading
@@ -14,11 +15,16 @@ import cv2
 import numpy as np
 import tensorflow as tf
 from tensorpack import ModelDesc
-from tensorpack.dataflow import BatchData, DataFromList, ProxyDataFlow, imgaug
+from tensorpack.callbacks import Callback, HyperParamSetter
+from tensorpack.dataflow import (BatchData, DataFromList, MapData, MultiProcessMapDataZMQ,
+                                 ProxyDataFlow, imgaug)
 from tensorpack.models import regularize_cost
 from tensorpack.predict import MultiTowerOfflinePredictor, OfflinePredictor, PredictConfig
 from tensorpack.tfutils.sessinit import SessionInit, SmartInit
 from tensorpack.tfutils.summary import add_moving_summary
+from tensorpack.tfutils.varmanip import load_checkpoint_vars
+from tensorpack.train import StopTraining
+from tensorpack.utils import logger
 from tensorpack.utils.utils import get_tqdm
 
 tfv1 = tf.compat.v1
@@ -137,15 +143,35 @@ def _read_lines(path):
                         'directory)'.format(path, e.strerror)) from None
 
 
-def list_val_images(data_dir, meta_dir, num_shown=5):
-    """(image path, label) for every line of `val.txt`, found in `val/` flat or in `val/<wnid>/`."""
+def split_dir(data_dir, split):
+    """DATA_DIR/train or DATA_DIR/val; DataError saying what is missing."""
     if not os.path.isdir(data_dir):
         raise DataError('--data_dir {} does not exist: it must be the ImageNet directory holding '
-                        'val/ (and train/)'.format(data_dir))
-    val_dir = os.path.join(data_dir, 'val')
-    if not os.path.isdir(val_dir):
-        raise DataError('{} not found: --data_dir must be the ImageNet directory holding val/, '
-                        'flat or in per-class subfolders'.format(val_dir))
+                        'train/ and val/'.format(data_dir))
+    path = os.path.join(data_dir, split)
+    if not os.path.isdir(path):
+        raise DataError('{} not found: --data_dir must be the ImageNet directory holding {}/{}'.format(
+            path, split, ', flat or in per-class subfolders' if split == 'val' else ' with <wnid>/ folders'))
+    return path
+
+
+def list_train_images(data_dir, meta_dir):
+    """(image path, label) for every line of `train.txt`; files that turn out unreadable are skipped later."""
+    train_dir = split_dir(data_dir, 'train')
+    num_classes = len(read_synsets(meta_dir))
+    examples = [(os.path.join(train_dir, name), label) for name, label in read_split_list(meta_dir, 'train')]
+    out_of_range = [name for name, label in examples if label >= num_classes]
+    if out_of_range:
+        raise DataError('{}: {} labels are out of range for the {} classes of synsets.txt, e.g. {}'.format(
+            os.path.join(meta_dir, 'train.txt'), len(out_of_range), num_classes, out_of_range[0]))
+    if not examples:
+        raise DataError('{} lists no images'.format(os.path.join(meta_dir, 'train.txt')))
+    return examples
+
+
+def list_val_images(data_dir, meta_dir, num_shown=5):
+    """(image path, label) for every line of `val.txt`, found in `val/` flat or in `val/<wnid>/`."""
+    val_dir = split_dir(data_dir, 'val')
     synsets = read_synsets(meta_dir)
     examples, absent = [], []
     for name, label in read_split_list(meta_dir, 'val'):
@@ -187,6 +213,101 @@ def eval_augmentor(image_size=224):
         imgaug.ResizeShortestEdge(int(image_size * 256 / 224), cv2.INTER_CUBIC),
         imgaug.CenterCrop((image_size, image_size)),
     ])
+
+
+def train_augmentor(image_size=224, min_crop_area=0.08):
+    """As released: random-area crop resized to S x S, color jitter in random order, horizontal flip."""
+    return imgaug.AugmentorList([
+        imgaug.GoogleNetRandomCropAndResize(crop_area_fraction=(min_crop_area, 1.),
+                                            target_shape=image_size),
+        imgaug.RandomOrderAug([
+            imgaug.BrightnessScale((0.6, 1.4), clip=False),
+            imgaug.Contrast((0.6, 1.4), rgb=False, clip=False),
+            imgaug.Saturation(0.4, rgb=False),
+        ]),
+        imgaug.Clip(),
+        imgaug.Flip(horiz=True),
+        imgaug.ToUint8(),
+    ])
+
+
+class BadImageLog(Callback):
+    """Counts and names the training images that could not be decoded; logs them every epoch."""
+
+    def __init__(self):
+        self.names = []
+        self._logged = 0
+
+    def filter(self, datapoint):
+        """The datapoint, or None (logged) for the [path, -1] that a worker sends for a bad image."""
+        if datapoint[1] >= 0:
+            return datapoint
+        logger.warn('Skipped a training image that could not be decoded: {}'.format(datapoint[0]))
+        self.names.append(datapoint[0])
+        return None
+
+    def _trigger_epoch(self):
+        self.trainer.monitors.put_scalar('bad_images', len(self.names) - self._logged)
+        self._logged = len(self.names)
+
+
+class WarmupCosineSchedule(HyperParamSetter):
+    """The learning rate at every step: linear warm-up to `base_lr`, then cosine decay to zero."""
+
+    def __init__(self, base_lr, warmup_steps, total_steps):
+        super().__init__('learning_rate')
+        self.base_lr, self.warmup_steps, self.total_steps = base_lr, warmup_steps, total_steps
+
+    def value_at(self, step):
+        if step < self.warmup_steps:
+            return self.base_lr * step / self.warmup_steps
+        progress = min((step - self.warmup_steps) / max(self.total_steps - self.warmup_steps, 1), 1.)
+        return 0.5 * self.base_lr * (1 + math.cos(math.pi * progress))
+
+    def _get_value_to_set(self):
+        return self.value_at(self.global_step)
+
+    def _trigger_step(self):
+        self._set_param()
+
+
+class StopOnNonFiniteLoss(Callback):
+    """Stops training at the first step whose total cost is NaN or infinite, before any later checkpoint."""
+
+    bad_step = None
+
+    def _setup_graph(self):
+        self._cost = self.get_tensors_maybe_in_tower(['cost:0'])[0]
+
+    def _before_run(self, ctx):
+        return tfv1.train.SessionRunArgs(fetches=self._cost)
+
+    def _after_run(self, ctx, run_values):
+        cost = run_values.results
+        if not np.isfinite(cost):
+            self.bad_step = self.global_step
+            raise StopTraining('the total cost is {} at global step {}'.format(cost, self.global_step))
+
+
+def _load_train_example(augmentor, example):
+    """[augmented image, label], or [path, -1] when the image can not be decoded."""
+    path, label = example
+    try:
+        image = decode_image(path)
+    except DataError:
+        return [path, np.int32(-1)]
+    return [augmentor.augment(image), label]
+
+
+def get_train_dataflow(examples, batch_size, bad_image_log, image_size=224, min_crop_area=0.08,
+                       workers=None):
+    """Shuffled, augmented batches decoded by `workers` processes; bad images go to `bad_image_log`."""
+    examples = [(path, np.int32(label)) for path, label in examples]
+    load = functools.partial(_load_train_example, train_augmentor(image_size, min_crop_area))
+    df = MultiProcessMapDataZMQ(DataFromList(examples, shuffle=True), workers or os.cpu_count() or 1,
+                                load, buffer_size=max(2 * batch_size, 64))
+    df = MapData(df, bad_image_log.filter)
+    return BatchData(df, batch_size, remainder=False)
 
 
 class ThreadMapData(ProxyDataFlow):
@@ -365,17 +486,34 @@ def checkpoint_mismatch_message(path, missing, mismatched, num_shown=10):
 
 
 class CheckedInit(SessionInit):
-    """Restores a checkpoint only if it holds every checkpoint variable of the graph, shapes equal."""
+    """Restores a checkpoint only if it holds every checkpoint variable of the graph, shapes equal.
 
-    def __init__(self, path):
+    With `fine_tune_scope`, variables under that scope whose shapes differ (a classifier for
+    another number of classes) keep their initial values instead, and the log lists them.
+    """
+
+    def __init__(self, path, fine_tune_scope=None):
         self.path = resolve_checkpoint(path)
+        self.fine_tune_scope = fine_tune_scope
         self._init = SmartInit(self.path)
 
     def _setup_graph(self):
         missing, mismatched = check_checkpoint(self.path, checkpoint_variables())
+        skipped = [m for m in mismatched
+                   if self.fine_tune_scope and m[0].startswith(self.fine_tune_scope + '/')]
+        mismatched = [m for m in mismatched if m not in skipped]
         if missing or mismatched:
             raise CheckpointError(checkpoint_mismatch_message(self.path, missing, mismatched))
+        if skipped:
+            logger.info('Fine-tuning from {}: not restoring {}'.format(self.path, '; '.join(
+                '{} (checkpoint {}, model {})'.format(*m) for m in skipped)))
+            self._init = SmartInit(self._values_without({name for name, _, _ in skipped}))
         self._init._setup_graph()
+
+    def _values_without(self, names):
+        """The checkpoint's {variable name: value}, less `names`."""
+        values = dict(np.load(self.path)) if self.path.endswith('.npz') else load_checkpoint_vars(self.path)
+        return {k: v for k, v in values.items() if re.sub(':0$', '', k) not in names}
 
     def _run_init(self, sess):
         try:

@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""GhostNet on ImageNet with tensorpack: evaluation (--eval), a FLOPs table (--flops), a demo (--demo).
+"""GhostNet on ImageNet with tensorpack: training, evaluation (--eval), a FLOPs table (--flops), a demo.
 
+    python main.py --data_dir=/path/to/imagenet/dir/ --logdir train_log/ghostnet    # train
     python main.py --eval --data_dir=/path/to/imagenet/dir/ --load=./models/ghostnet_checkpoint
 """
 import argparse
@@ -10,23 +11,34 @@ import sys
 import compat  # noqa: F401  (must come before TensorFlow)
 import tensorflow as tf
 from tabulate import tabulate
+from tensorpack import (AutoResumeTrainConfig, HorovodTrainer, QueueInput, SimpleTrainer,
+                        SyncMultiGPUTrainerReplicated, TrainConfig, launch_train_with_config)
+from tensorpack.callbacks import (ClassificationError, DataParallelInferenceRunner, EstimatedTimeLeft,
+                                  InferenceRunner, JSONWriter, MinSaver, ModelSaver, PeriodicTrigger)
+from tensorpack.dataflow import FakeData
 from tensorpack.tfutils.tower import TowerContext
 from tensorpack.utils import logger
 
 import flops
 from ghostnet import GhostNet, parse_code
-from imagenet_utils import (CheckedInit, CheckpointError, DataError, evaluate, get_val_dataflow,
-                            list_val_images, read_synsets)
+from imagenet_utils import (BadImageLog, CheckedInit, CheckpointError, DataError, StopOnNonFiniteLoss,
+                            WarmupCosineSchedule, evaluate, get_train_dataflow, get_val_dataflow,
+                            list_train_images, list_val_images, read_synsets)
 from sample_data import write_sample_dataset
 
 tfv1 = tf.compat.v1
 
 IMAGENET_CLASSES = 1000
 DEMO_DIR = './demo_data'
+TRAIN_BATCH, EVAL_BATCH = 1024, 256
 
 
 class UsageError(Exception):
     """Flags that do not fit this machine (GPUs, data format)."""
+
+
+class TrainingDiverged(Exception):
+    """The training loss became NaN or infinite."""
 
 
 def get_parser():
@@ -48,8 +60,9 @@ def get_parser():
                                        'without it the weights are random')
     parser.add_argument('--gpu', help='comma-separated GPU ids to use (CUDA_VISIBLE_DEVICES); '
                                       'default: all visible. Evaluation runs one tower per GPU')
-    parser.add_argument('--batch', type=int, default=256,
-                        help='evaluation batch size over all GPUs (default %(default)s)')
+    parser.add_argument('--batch', type=int,
+                        help='total batch size over all GPUs and machines (default: {} for training, '
+                             '{} for evaluation)'.format(TRAIN_BATCH, EVAL_BATCH))
     parser.add_argument('--data-format', choices=['NHWC', 'NCHW'], default='NHWC',
                         help='layout inside the network (NCHW needs a GPU)')
     parser.add_argument('--image_size', type=int, default=224,
@@ -65,6 +78,32 @@ def get_parser():
                              '(default: all 2)')
     parser.add_argument('--workers', type=int, default=os.cpu_count() or 1,
                         help='threads decoding and resizing images (default: the CPU count, %(default)s)')
+    train = parser.add_argument_group('training (the default mode), with the paper\'s recipe')
+    train.add_argument('--logdir', help='checkpoints and logs (default train_log/ghostnet-<width>); '
+                                        'training resumes from the latest checkpoint there')
+    train.add_argument('--restart', action='store_true',
+                       help='start afresh although --logdir holds a run (it is moved aside, not deleted)')
+    train.add_argument('--epochs', type=int, default=400, help='(default %(default)s)')
+    train.add_argument('--steps_per_epoch', type=int,
+                       help='default: the training images over the total batch')
+    train.add_argument('--lr', type=float, default=0.1,
+                       help='learning rate per 256 images, scaled linearly to --batch (default %(default)s)')
+    train.add_argument('--warmup_epochs', type=float, default=5,
+                       help='linear warm-up, then cosine decay to zero (default %(default)s)')
+    train.add_argument('--weight_decay', type=float, default=4e-5,
+                       help='L2 on the kernels named .../W (default %(default)s)')
+    train.add_argument('--label_smoothing', type=float, default=0.1, help='(default %(default)s)')
+    train.add_argument('--dropout_keep_prob', type=float, default=0.8, help='before the classifier '
+                                                                             '(default %(default)s)')
+    train.add_argument('--min_crop_area', type=float,
+                       help='smallest random crop, as a fraction of the image (default 0.08; 0.49 for '
+                            '--width_ratio below 1)')
+    train.add_argument('--val_every', type=int, default=1, help='validate every N epochs (default 1)')
+    train.add_argument('--keep_checkpoints', type=int, default=3,
+                       help='recent checkpoints kept, beside the best one (default %(default)s)')
+    train.add_argument('--fake', action='store_true', help='random data, to measure throughput')
+    train.add_argument('--horovod', action='store_true',
+                       help='data-parallel over processes started by horovodrun (several machines)')
     parser.add_argument('--skip-bad-images', action='store_true',
                         help='skip images that can not be decoded (reported at the end) instead of '
                              'stopping')
@@ -80,11 +119,14 @@ def parse_args(argv=None):
         args.ratio_code = parse_code(args.ratio_code_str, '--ratio_code_str') if args.ratio_code_str else None
     except ValueError as e:
         parser.error(str(e))
-    if not (args.eval or args.flops or args.demo):
-        parser.error('nothing to do: pass --eval (with --data_dir and --load), --demo or --flops')
-    if args.eval and not args.data_dir:
-        parser.error('--eval needs --data_dir, the ImageNet directory holding val/ and caffe_ilsvrc12/')
-    for name in ('batch', 'workers', 'image_size'):
+    args.train = not (args.eval or args.flops or args.demo)
+    if not args.data_dir and (args.eval or (args.train and not args.fake)):
+        parser.error('--data_dir is needed: the ImageNet directory holding train/, val/ and '
+                     'caffe_ilsvrc12/ (or pass --demo, --flops, or --fake to train on random data)')
+    args.batch = args.batch or (TRAIN_BATCH if args.train else EVAL_BATCH)
+    if args.min_crop_area is None:
+        args.min_crop_area = 0.49 if args.width_ratio < 1 else 0.08
+    for name in ('batch', 'workers', 'image_size', 'epochs', 'val_every', 'keep_checkpoints'):
         if getattr(args, name) < 1:
             parser.error('--{} must be positive'.format(name))
     if args.width_ratio <= 0:
@@ -96,7 +138,8 @@ def build_model(args, num_classes):
     """GhostNet as the flags describe it, with `num_classes` outputs."""
     return GhostNet(num_classes=num_classes, width=args.width_ratio, se=bool(args.se),
                     dw_code=args.dw_code, ratio_code=args.ratio_code, data_format=args.data_format,
-                    image_shape=args.image_size)
+                    image_shape=args.image_size, weight_decay=args.weight_decay,
+                    dropout_keep_prob=args.dropout_keep_prob, label_smoothing=args.label_smoothing)
 
 
 def num_towers(args):
@@ -132,6 +175,100 @@ def run_eval(args):
     print('Evaluated {} images in {:.1f} s ({:.1f} images/s)'.format(count, seconds, count / seconds))
     print('Top1 Error: {}'.format(top1))
     print('Top5 Error: {}'.format(top5))
+
+
+def get_trainer(args, towers):
+    """Horovod across processes, replicated variables with NCCL across GPUs, or a single tower."""
+    if args.horovod:
+        return HorovodTrainer(average=True)
+    if towers > 1:
+        return SyncMultiGPUTrainerReplicated(towers, mode='nccl')
+    return SimpleTrainer()
+
+
+def set_logdir(args, is_chief):
+    """Log to --logdir (on the chief): kept for resuming, or moved aside with --restart."""
+    args.logdir = args.logdir or os.path.join('train_log', 'ghostnet-{}'.format(args.width_ratio))
+    if is_chief:
+        logger.set_logger_dir(args.logdir, action='b' if args.restart else 'k')
+
+
+def get_data(args, batch_per_tower, bad_image_log):
+    """(training dataflow, validation dataflow or None, number of classes, training images)."""
+    if args.fake:
+        shapes = [[batch_per_tower, args.image_size, args.image_size, 3], [batch_per_tower]]
+        fake = FakeData(shapes, 1000, random=False, dtype=['uint8', 'int32'],
+                        domain=[(0, 255), (0, IMAGENET_CLASSES - 1)])
+        return fake, None, IMAGENET_CLASSES, 100 * args.batch
+    meta_dir = args.meta_dir or os.path.join(args.data_dir, 'caffe_ilsvrc12')
+    train = list_train_images(args.data_dir, meta_dir)
+    val = list_val_images(args.data_dir, meta_dir)
+    train_df = get_train_dataflow(train, batch_per_tower, bad_image_log, args.image_size,
+                                  args.min_crop_area, args.workers)
+    val_df = get_val_dataflow(val, batch_per_tower, args.image_size, args.workers, bad_images=[])
+    return train_df, val_df, len(read_synsets(meta_dir)), len(train)
+
+
+def validation_callbacks(val_df, towers, every_k_epochs):
+    """Top-1/top-5 error on val/ every few epochs, and a copy of the best checkpoint."""
+    errors = [ClassificationError('wrong-top1', 'val-error-top1'),
+              ClassificationError('wrong-top5', 'val-error-top5')]
+    runner = (DataParallelInferenceRunner(val_df, errors, list(range(towers))) if towers > 1
+              else InferenceRunner(val_df, errors))
+    return [PeriodicTrigger(runner, every_k_epochs=every_k_epochs), MinSaver('val-error-top1')]
+
+
+def get_config(args, towers, workers, is_chief, stop_on_nan):
+    """The TrainConfig of the paper's recipe; it resumes from the latest checkpoint in --logdir."""
+    if args.batch % (towers * workers):
+        raise UsageError('--batch {} does not split evenly over {} GPUs x {} processes'.format(
+            args.batch, towers, workers))
+    bad_image_log = BadImageLog()
+    train_df, val_df, num_classes, num_images = get_data(args, args.batch // (towers * workers),
+                                                         bad_image_log)
+    steps_per_epoch = args.steps_per_epoch or max(num_images // args.batch, 1)
+    schedule = WarmupCosineSchedule(args.lr * args.batch / 256, int(args.warmup_epochs * steps_per_epoch),
+                                    args.epochs * steps_per_epoch)
+    callbacks = [ModelSaver(max_to_keep=args.keep_checkpoints), schedule, stop_on_nan, EstimatedTimeLeft()]
+    if not args.fake:
+        callbacks.append(bad_image_log)
+        if is_chief:
+            callbacks += validation_callbacks(val_df, towers, args.val_every)
+    config = dict(model=build_model(args, num_classes), data=QueueInput(train_df), callbacks=callbacks,
+                  steps_per_epoch=steps_per_epoch, max_epoch=args.epochs)
+    if args.load:
+        config['session_init'] = CheckedInit(args.load, fine_tune_scope=GhostNet.scope + '/Logits')
+    if is_chief:
+        return AutoResumeTrainConfig(always_resume=True, **config)
+    last_epoch = None if args.restart else JSONWriter.load_existing_epoch_number(args.logdir)
+    return TrainConfig(starting_epoch=(last_epoch or 0) + 1, **config)
+
+
+def run_train(args):
+    """Train, resuming from --logdir; ends with a summary, or an error when the loss diverged."""
+    towers = 1 if args.horovod else num_towers(args)
+    trainer = get_trainer(args, towers)
+    workers, is_chief = (trainer.hvd.size(), trainer.hvd.rank() == 0) if args.horovod else (1, True)
+    set_logdir(args, is_chief)
+    logger.info('Flags: {}'.format(' '.join('--{}={}'.format(k, v) for k, v in sorted(vars(args).items()))))
+    stop_on_nan = StopOnNonFiniteLoss()
+    launch_train_with_config(get_config(args, towers, workers, is_chief, stop_on_nan), trainer)
+    if stop_on_nan.bad_step is not None:
+        raise TrainingDiverged('the loss became NaN or infinite at global step {}; training stopped. '
+                               'The last good checkpoint is in {}'.format(stop_on_nan.bad_step, args.logdir))
+    summarize_training(trainer, args.logdir)
+
+
+def summarize_training(trainer, logdir):
+    """The last line of a training run: steps, the final validation errors, where the checkpoints are."""
+    stats = []
+    for name in ('val-error-top1', 'val-error-top5', 'bad_images'):
+        try:
+            stats.append('{} {:.4f}'.format(name, trainer.monitors.get_latest(name)))
+        except KeyError:
+            pass
+    logger.info('Training done at global step {}{}; checkpoints in {}'.format(
+        trainer.loop.global_step, ''.join(', ' + s for s in stats), logdir))
 
 
 def run_demo(args):
@@ -172,9 +309,11 @@ def main(argv=None):
             print_flops(args)
         elif args.demo:
             run_demo(args)
-        else:
+        elif args.eval:
             run_eval(args)
-    except (UsageError, DataError, CheckpointError) as e:
+        else:
+            run_train(args)
+    except (UsageError, DataError, CheckpointError, TrainingDiverged) as e:
         sys.exit('error: {}'.format(e))
     return 0
 
