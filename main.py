@@ -180,7 +180,11 @@ def run_eval(args):
 def get_trainer(args, towers):
     """Horovod across processes, replicated variables with NCCL across GPUs, or a single tower."""
     if args.horovod:
-        return HorovodTrainer(average=True)
+        trainer = HorovodTrainer(average=True)
+        # Averaged gradients keep the weights equal on every rank, and rank 0 alone validates and
+        # saves: broadcasting its variables once at the start is enough.
+        trainer.BROADCAST_EVERY_EPOCH = False
+        return trainer
     if towers > 1:
         return SyncMultiGPUTrainerReplicated(towers, mode='nccl')
     return SimpleTrainer()
@@ -244,7 +248,7 @@ def get_config(args, towers, workers, is_chief, stop_on_nan):
     return TrainConfig(starting_epoch=(last_epoch or 0) + 1, **config)
 
 
-def run_train(args):
+def run_train(args, extra_callbacks=()):
     """Train, resuming from --logdir; ends with a summary, or an error when the loss diverged."""
     towers = 1 if args.horovod else num_towers(args)
     trainer = get_trainer(args, towers)
@@ -252,10 +256,14 @@ def run_train(args):
     set_logdir(args, is_chief)
     logger.info('Flags: {}'.format(' '.join('--{}={}'.format(k, v) for k, v in sorted(vars(args).items()))))
     stop_on_nan = StopOnNonFiniteLoss()
-    launch_train_with_config(get_config(args, towers, workers, is_chief, stop_on_nan), trainer)
+    config = get_config(args, towers, workers, is_chief, stop_on_nan)
+    config.callbacks.extend(extra_callbacks)
+    launch_train_with_config(config, trainer)
     if stop_on_nan.bad_step is not None:
-        raise TrainingDiverged('the loss became NaN or infinite at global step {}; training stopped. '
-                               'The last good checkpoint is in {}'.format(stop_on_nan.bad_step, args.logdir))
+        last_good = tf.train.latest_checkpoint(args.logdir)
+        raise TrainingDiverged('the loss became NaN or infinite at global step {}; training stopped. {}'.format(
+            stop_on_nan.bad_step, 'The last good checkpoint is {}'.format(last_good) if last_good
+            else 'No checkpoint was written before it (try a lower --lr)'))
     summarize_training(trainer, args.logdir)
 
 

@@ -1,0 +1,161 @@
+"""Training through the CLI on a generated dataset: learning, resume, fine-tuning, bad input."""
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import write_random_checkpoint
+from sample_data import write_sample_dataset
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = ['--width_ratio', '0.25', '--image_size', '32', '--batch', '16', '--workers', '2']
+STEPS_PER_EPOCH = 8     # 4 classes x 32 images / batch 16
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+    return write_sample_dataset(str(tmp_path_factory.mktemp('train_data')), num_classes=4,
+                                train_per_class=32, val_per_class=8, image_size=48)
+
+
+def train(*flags, timeout=300):
+    """`main.py` with `flags`; (exit status, stdout + stderr)."""
+    run = subprocess.run([sys.executable, os.path.join(ROOT, 'main.py'), *flags], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
+    return run.returncode, run.stdout
+
+
+def stats(logdir):
+    with open(os.path.join(logdir, 'stats.json')) as f:
+        return json.load(f)
+
+
+def test_short_training_learns(data_dir, tmp_path):
+    logdir = str(tmp_path / 'log')
+    status, output = train('--data_dir', data_dir, '--logdir', logdir, '--epochs', '8', '--lr', '0.4',
+                           '--warmup_epochs', '1', *SMALL)
+    assert status == 0, output
+    history = stats(logdir)
+    assert [epoch['global_step'] for epoch in history] == [STEPS_PER_EPOCH * (i + 1) for i in range(8)]
+    assert history[-1]['val-error-top1'] < 0.35          # chance is 0.75
+    assert os.path.exists(os.path.join(logdir, 'min-val-error-top1.index'))
+    assert 'Training done at global step 64' in output
+
+
+def schedule(step, base_lr, warmup_steps, total_steps):
+    """The recipe's learning rate, written out: linear warm-up, then half a cosine down to zero."""
+    if step < warmup_steps:
+        return base_lr * step / warmup_steps
+    return base_lr / 2 * (1 + math.cos(math.pi * (step - warmup_steps) / (total_steps - warmup_steps)))
+
+
+def test_resume_continues_the_schedule(data_dir, tmp_path):
+    logdir = str(tmp_path / 'log')
+    flags = ['--data_dir', data_dir, '--logdir', logdir, '--lr', '0.4', '--warmup_epochs', '0.5', *SMALL]
+    status, output = train(*flags, '--epochs', '1')
+    assert status == 0, output
+    status, output = train(*flags, '--epochs', '2')
+    assert status == 0, output
+    assert 'model-{}'.format(STEPS_PER_EPOCH) in re.search('Will load checkpoint at (.*)', output).group(1)
+    first_lr = re.search(r'At global_step=(\d+), learning_rate is set to ([\d.]+)', output)
+    assert int(first_lr.group(1)) == STEPS_PER_EPOCH
+    base_lr = 0.4 * 16 / 256
+    assert float(first_lr.group(2)) == pytest.approx(
+        schedule(STEPS_PER_EPOCH, base_lr, STEPS_PER_EPOCH // 2, 2 * STEPS_PER_EPOCH), abs=1e-6)
+    assert [epoch['global_step'] for epoch in stats(logdir)] == [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]
+    saved = tf.train.load_checkpoint(tf.train.latest_checkpoint(logdir))
+    assert saved.get_tensor('global_step') == 2 * STEPS_PER_EPOCH
+    assert saved.has_tensor('MobileNetV2/Conv2d_0/W/Momentum')
+
+
+def test_restart_needs_the_flag_and_keeps_the_old_run(data_dir, tmp_path):
+    logdir = str(tmp_path / 'log')
+    flags = ['--data_dir', data_dir, '--logdir', logdir, '--epochs', '1', '--steps_per_epoch', '2', *SMALL]
+    assert train(*flags)[0] == 0
+    status, output = train(*flags, '--restart')
+    assert status == 0, output
+    assert [epoch['global_step'] for epoch in stats(logdir)] == [2]
+    assert any(name.startswith('log') and name != 'log' for name in os.listdir(str(tmp_path)))
+
+
+def test_fine_tuning_restores_all_but_the_classifier(tmp_path):
+    data = write_sample_dataset(str(tmp_path / 'data'), num_classes=5, train_per_class=4,
+                                val_per_class=2, image_size=40)
+    source = write_random_checkpoint(str(tmp_path / 'imagenet' / 'model'), num_classes=1000)
+    logdir = str(tmp_path / 'log')
+    status, output = train('--data_dir', data, '--logdir', logdir, '--load', source, '--lr', '0',
+                           '--epochs', '1', '--steps_per_epoch', '2', *SMALL)
+    assert status == 0, output
+    skipped = re.search('not restoring (.*)', output).group(1)
+    assert 'MobileNetV2/Logits/Conv2d_1c_1x1/W (checkpoint [1, 1, 1280, 1000], model [1, 1, 1280, 5])' in skipped
+    assert skipped.count('checkpoint [') == 2
+    before = tf.train.load_checkpoint(source)
+    after = tf.train.load_checkpoint(tf.train.latest_checkpoint(logdir))
+    assert after.get_variable_to_shape_map()['MobileNetV2/Logits/Conv2d_1c_1x1/W'] == [1, 1, 1280, 5]
+    kept = [name for name in before.get_variable_to_shape_map()
+            if not name.startswith('MobileNetV2/Logits/') and not name.endswith('/EMA')]
+    assert len(kept) == 271        # 435 released variables less 81 x 2 batch-norm EMAs and the classifier
+    for name in kept:           # learning rate 0: what was restored is still there
+        np.testing.assert_array_equal(after.get_tensor(name), before.get_tensor(name), err_msg=name)
+
+
+def test_fine_tuning_from_another_width_is_an_error(data_dir, tmp_path):
+    source = write_random_checkpoint(str(tmp_path / 'w05' / 'model'), num_classes=1000, width=0.5)
+    status, output = train('--data_dir', data_dir, '--logdir', str(tmp_path / 'log'), '--load', source,
+                           '--epochs', '1', '--steps_per_epoch', '1', *SMALL)
+    assert status == 1
+    assert 'does not fit the model' in output and 'MobileNetV2/Conv2d_0/W' in output
+    assert 'Traceback' not in output
+
+
+def test_corrupt_training_image_is_skipped_and_counted(data_dir, tmp_path):
+    data = str(tmp_path / 'data')
+    shutil.copytree(data_dir, data)
+    bad = os.path.join(data, 'train', 'n00000002', 'n00000002_5.JPEG')
+    with open(bad, 'wb') as f:
+        f.write(b'not a JPEG')
+    logdir = str(tmp_path / 'log')
+    status, output = train('--data_dir', data, '--logdir', logdir, '--epochs', '2', *SMALL)
+    assert status == 0, output
+    assert 'Skipped a training image that could not be decoded: {}'.format(bad) in output
+    assert sum(epoch['bad_images'] for epoch in stats(logdir)) >= 1
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
+    logdir = str(tmp_path / 'log')
+    flags = ['--data_dir', data_dir, '--logdir', logdir, *SMALL]
+    assert train(*flags, '--epochs', '1')[0] == 0
+    status, output = train(*flags, '--epochs', '2', '--lr', '1e12')
+    assert status == 1
+    last = output.strip().splitlines()
+    assert any(line.startswith('error: the loss became NaN or infinite') for line in last)
+    assert tf.train.latest_checkpoint(logdir).endswith('model-{}'.format(STEPS_PER_EPOCH))
+    assert 'The last good checkpoint is {}'.format(tf.train.latest_checkpoint(logdir)) in output
+
+
+def test_fake_data_trains_without_a_dataset(tmp_path):
+    logdir = str(tmp_path / 'log')
+    status, output = train('--fake', '--logdir', logdir, '--epochs', '1', '--steps_per_epoch', '3',
+                           '--width_ratio', '0.25', '--image_size', '32', '--batch', '4')
+    assert status == 0, output
+    assert stats(logdir)[-1]['global_step'] == 3
+
+
+@pytest.mark.parametrize('remove, expected', [
+    ('train', 'train not found'), ('caffe_ilsvrc12/train.txt', 'train.txt')])
+def test_missing_training_data_is_a_clear_error(data_dir, tmp_path, remove, expected):
+    data = str(tmp_path / 'data')
+    shutil.copytree(data_dir, data)
+    target = os.path.join(data, remove)
+    shutil.rmtree(target) if os.path.isdir(target) else os.remove(target)
+    status, output = train('--data_dir', data, '--logdir', str(tmp_path / 'log'), *SMALL)
+    assert status == 1
+    assert expected in output and 'Traceback' not in output
+    assert not os.path.exists(str(tmp_path / 'log' / 'checkpoint'))
