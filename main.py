@@ -5,6 +5,7 @@
     python main.py --eval --data_dir=/path/to/imagenet/dir/ --load=./models/ghostnet_checkpoint
 """
 import argparse
+import gc
 import os
 import sys
 
@@ -31,6 +32,8 @@ tfv1 = tf.compat.v1
 IMAGENET_CLASSES = 1000
 DEMO_DIR = './demo_data'
 TRAIN_BATCH, EVAL_BATCH = 1024, 256
+# --demo trains briefly on its small sample: defaults that flags given on the command line override
+DEMO_DEFAULTS = dict(image_size=64, batch=32, epochs=10, lr=0.4, warmup_epochs=1)
 
 
 class UsageError(Exception):
@@ -49,8 +52,9 @@ def get_parser():
     parser.add_argument('--flops', action='store_true',
                         help='print the layers with parameters and multiply-adds, then exit')
     parser.add_argument('--demo', action='store_true',
-                        help='write a small sample dataset into --data_dir (default {}) and evaluate '
-                             'on it'.format(DEMO_DIR))
+                        help='write a small sample dataset into --data_dir (default {}), train on it '
+                             'briefly (defaults {}) and evaluate'.format(
+                                 DEMO_DIR, ', '.join('--{} {}'.format(*kv) for kv in DEMO_DEFAULTS.items())))
     parser.add_argument('--data_dir', help='ImageNet directory: val/ (flat or in <wnid>/ subfolders), '
                                            'train/, caffe_ilsvrc12/')
     parser.add_argument('--meta_dir', help='caffe ilsvrc12 metadata (synsets.txt, val.txt, ...); '
@@ -113,6 +117,8 @@ def get_parser():
 def parse_args(argv=None):
     """Parsed and checked flags; `dw_code` and `ratio_code` hold the parsed code strings."""
     parser = get_parser()
+    if '--demo' in (sys.argv[1:] if argv is None else argv):
+        parser.set_defaults(**DEMO_DEFAULTS)
     args = parser.parse_args(argv)
     try:
         args.dw_code = parse_code(args.dw_code_str, '--dw_code_str') if args.dw_code_str else None
@@ -280,13 +286,17 @@ def summarize_training(trainer, logdir):
 
 
 def run_demo(args):
-    """Write a sample dataset (unless DATA_DIR already holds data) and evaluate on it."""
+    """Write a sample dataset (unless DATA_DIR already holds data), train briefly on it, evaluate."""
     args.data_dir = args.data_dir or DEMO_DIR
     if os.path.isdir(args.data_dir) and os.listdir(args.data_dir):
         logger.info('Using the data already in {} (delete it for a fresh sample).'.format(args.data_dir))
     else:
         logger.info('Writing a sample dataset in the ImageNet layout to {} ...'.format(args.data_dir))
         write_sample_dataset(args.data_dir)
+    args.logdir = args.logdir or os.path.join(args.data_dir, 'train_log')
+    run_train(args)
+    gc.collect()    # the training dataflow's worker processes end now, not after the results
+    args.load = args.load or args.logdir
     run_eval(args)
 
 
