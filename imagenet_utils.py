@@ -274,6 +274,7 @@ class WarmupCosineSchedule(HyperParamSetter):
 class StopOnNonFiniteLoss(Callback):
     """Stops training at the first step whose total cost is NaN or infinite, before any later checkpoint."""
 
+    _chief_only = False
     bad_step = None
 
     def _setup_graph(self):

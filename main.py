@@ -14,8 +14,9 @@ import tensorflow as tf
 from tabulate import tabulate
 from tensorpack import (AutoResumeTrainConfig, HorovodTrainer, QueueInput, SimpleTrainer,
                         SyncMultiGPUTrainerReplicated, TrainConfig, launch_train_with_config)
-from tensorpack.callbacks import (ClassificationError, DataParallelInferenceRunner, EstimatedTimeLeft,
-                                  InferenceRunner, JSONWriter, MinSaver, ModelSaver, PeriodicTrigger)
+from tensorpack.callbacks import (Callback, ClassificationError, DataParallelInferenceRunner,
+                                  EstimatedTimeLeft, InferenceRunner, MinSaver, ModelSaver,
+                                  PeriodicTrigger)
 from tensorpack.dataflow import FakeData
 from tensorpack.tfutils.tower import TowerContext
 from tensorpack.utils import logger
@@ -183,6 +184,19 @@ def run_eval(args):
     print('Top5 Error: {}'.format(top5))
 
 
+class StartAfterBroadcastStep(Callback):
+    """Horovod: every rank starts at the epoch after the global step that rank 0 broadcast.
+
+    The other ranks may not see rank 0's --logdir (another machine): an epoch read there could
+    differ from rank 0's, and the ranks would run different numbers of steps.
+    """
+    _chief_only = False
+
+    def _before_train(self):
+        loop = self.trainer.loop   # HorovodTrainer.initialize has broadcast rank 0's global step
+        loop.config(loop.steps_per_epoch, self.global_step // loop.steps_per_epoch + 1, loop.max_epoch)
+
+
 def get_trainer(args, towers):
     """Horovod across processes, replicated variables with NCCL across GPUs, or a single tower."""
     if args.horovod:
@@ -240,6 +254,8 @@ def get_config(args, towers, workers, is_chief, stop_on_nan):
     schedule = WarmupCosineSchedule(args.lr * args.batch / 256, int(args.warmup_epochs * steps_per_epoch),
                                     args.epochs * steps_per_epoch)
     callbacks = [ModelSaver(max_to_keep=args.keep_checkpoints), schedule, stop_on_nan, EstimatedTimeLeft()]
+    if args.horovod:
+        callbacks.append(StartAfterBroadcastStep())
     if not args.fake:
         callbacks.append(bad_image_log)
         if is_chief:
@@ -248,10 +264,8 @@ def get_config(args, towers, workers, is_chief, stop_on_nan):
                   steps_per_epoch=steps_per_epoch, max_epoch=args.epochs)
     if args.load:
         config['session_init'] = CheckedInit(args.load, fine_tune_scope=GhostNet.scope + '/Logits')
-    if is_chief:
-        return AutoResumeTrainConfig(always_resume=True, **config)
-    last_epoch = None if args.restart else JSONWriter.load_existing_epoch_number(args.logdir)
-    return TrainConfig(starting_epoch=(last_epoch or 0) + 1, **config)
+    # rank 0 resumes from its --logdir; the other ranks get its variables and epoch from it
+    return AutoResumeTrainConfig(always_resume=True, **config) if is_chief else TrainConfig(**config)
 
 
 def run_train(args, extra_callbacks=()):
@@ -270,7 +284,8 @@ def run_train(args, extra_callbacks=()):
         raise TrainingDiverged('the loss became NaN or infinite at global step {}; training stopped. {}'.format(
             stop_on_nan.bad_step, 'The last good checkpoint is {}'.format(last_good) if last_good
             else 'No checkpoint was written before it (try a lower --lr)'))
-    summarize_training(trainer, args.logdir)
+    if is_chief:
+        summarize_training(trainer, args.logdir)
 
 
 def summarize_training(trainer, logdir):
