@@ -46,6 +46,16 @@ def scaled_channels(channels, width):
     return round(max(int(channels * width), 8) / 4) * 4
 
 
+def bottleneck_plan(width):
+    """(index, spec, nominal input channels, hidden channels, output channels) of Conv2d_1 .. Conv2d_16."""
+    plan, nominal = [], STEM_CHANNELS
+    for index, spec in enumerate(BOTTLENECKS, start=1):
+        plan.append((index, spec, nominal, scaled_channels(spec.expansion * nominal, width),
+                     scaled_channels(spec.out, width)))
+        nominal = spec.out
+    return plan
+
+
 def parse_code(text, name):
     """A CLI code string such as '3,3,...' (16 ints, one per bottleneck) as a list of ints."""
     try:
@@ -84,10 +94,9 @@ class GhostNet(ImageNetModel):
         self.image_shape = image_shape
         self.end_points = {}
 
-    def bottleneck(self, index, x, in_channels, hidden, spec):
+    def bottleneck(self, index, spec, in_channels, hidden, out, x):
         """Ghost bottleneck `Conv2d_<index>`: up Ghost module, [stride-2 depthwise], [SE], down Ghost module."""
         name = 'Conv2d_{}'.format(index)
-        out = scaled_channels(spec.out, self.width)
         ghost_args = dict(dw_size=self.dw_code[index - 1], ratio=self.ratio_code[index - 1])
         if spec.stride == 1 and in_channels == spec.out:
             shortcut = x
@@ -109,12 +118,9 @@ class GhostNet(ImageNetModel):
         x = Conv2D('Conv2d_0', image, scaled_channels(STEM_CHANNELS, self.width), 3, strides=2,
                    activation=BNReLU)
         end_points['Conv2d_0'] = x
-        nominal = STEM_CHANNELS
-        for index, spec in enumerate(BOTTLENECKS, start=1):
-            hidden = scaled_channels(spec.expansion * nominal, self.width)
-            x = self.bottleneck(index, x, nominal, hidden, spec)
-            end_points['Conv2d_{}'.format(index)] = x
-            nominal = spec.out
+        for plan in bottleneck_plan(self.width):
+            x = self.bottleneck(*plan, x)
+            end_points['Conv2d_{}'.format(plan[0])] = x
         return end_points
 
     def head(self, x, end_points):

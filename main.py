@@ -21,6 +21,7 @@ from tensorpack.dataflow import FakeData
 from tensorpack.tfutils.tower import TowerContext
 from tensorpack.utils import logger
 
+import export
 import flops
 from ghostnet import GhostNet, parse_code
 from imagenet_utils import (BadImageLog, CheckedInit, CheckpointError, DataError, StopOnNonFiniteLoss,
@@ -56,6 +57,15 @@ def get_parser():
                         help='write a small sample dataset into --data_dir (default {}), train on it '
                              'briefly (defaults {}) and evaluate'.format(
                                  DEMO_DIR, ', '.join('--{} {}'.format(*kv) for kv in DEMO_DEFAULTS.items())))
+    parser.add_argument('--predict', nargs='+', metavar='IMG',
+                        help='print the top-5 classes of these images (with --load)')
+    parser.add_argument('--export', metavar='OUT_DIR',
+                        help='write OUT_DIR/saved_model (batch norm folded; uint8 RGB in) from --load')
+    parser.add_argument('--tflite', action='store_true', help='with --export: also a TFLite file')
+    parser.add_argument('--quantize', choices=export.QUANTIZE_MODES, default='none',
+                        help='with --export: TFLite weights (dynamic) or weights and activations '
+                             '(int8, calibrated on --representative) in 8 bits')
+    parser.add_argument('--representative', metavar='DIR', help='images to calibrate int8 on')
     parser.add_argument('--data_dir', help='ImageNet directory: val/ (flat or in <wnid>/ subfolders), '
                                            'train/, caffe_ilsvrc12/')
     parser.add_argument('--meta_dir', help='caffe ilsvrc12 metadata (synsets.txt, val.txt, ...); '
@@ -126,7 +136,9 @@ def parse_args(argv=None):
         args.ratio_code = parse_code(args.ratio_code_str, '--ratio_code_str') if args.ratio_code_str else None
     except ValueError as e:
         parser.error(str(e))
-    args.train = not (args.eval or args.flops or args.demo)
+    args.train = not (args.eval or args.flops or args.demo or args.predict or args.export)
+    if (args.predict or args.export) and not args.load:
+        parser.error('--predict and --export need --load, the checkpoint to use')
     if not args.data_dir and (args.eval or (args.train and not args.fake)):
         parser.error('--data_dir is needed: the ImageNet directory holding train/, val/ and '
                      'caffe_ilsvrc12/ (or pass --demo, --flops, or --fake to train on random data)')
@@ -315,6 +327,17 @@ def run_demo(args):
     run_eval(args)
 
 
+def run_export_or_predict(args):
+    """--export and/or --predict, with the number of classes the checkpoint has."""
+    model = build_model(args, export.checkpoint_num_classes(args.load))
+    if args.export:
+        export.export(model, args.load, args.export, args.tflite, args.quantize, args.representative)
+    if args.predict:
+        for path, top5 in export.predict(model, args.load, args.predict, args.meta_dir):
+            print(path)
+            print('\n'.join('  {:.4f}  {}'.format(p, name) for _, name, p in top5))
+
+
 def print_flops(args):
     """Build the network at batch 1 and print its layers, parameters and multiply-adds."""
     model = build_model(args, IMAGENET_CLASSES)
@@ -344,6 +367,8 @@ def main(argv=None):
             run_demo(args)
         elif args.eval:
             run_eval(args)
+        elif args.predict or args.export:
+            run_export_or_predict(args)
         else:
             run_train(args)
     except (UsageError, DataError, CheckpointError, TrainingDiverged) as e:

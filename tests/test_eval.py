@@ -182,7 +182,8 @@ def test_skip_bad_images_reports_them(capfd, tmp_path, sample_dirs):
 
 
 def test_usage_errors(capfd):
-    for args, text in ((['--eval'], '--eval needs --data_dir'), ([], 'nothing to do'),
+    for args, text in ((['--eval'], '--data_dir is needed'), ([], '--data_dir is needed'),
+                       (['--predict', 'a.jpg'], 'need --load'),
                        (['--flops', '--dw_code_str', '3,3'], '--dw_code_str: expected 16')):
         with pytest.raises(SystemExit) as stop:
             main.main(args)

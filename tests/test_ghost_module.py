@@ -158,7 +158,7 @@ def test_stride2_bottleneck_with_se_matches_numpy():
 
     def bottleneck(x):
         with model.layer_defaults():
-            return model.bottleneck(4, x, 24, 72, spec)
+            return model.bottleneck(4, spec, 24, 72, 40, x)
     got, values = run_layer(bottleneck, inputs, seed=4)
     want = np_bottleneck(inputs.astype(np.float64), values, 'Conv2d_4', 5, 2, 72, 40)
     assert got.shape == want.shape == (2, 7, 7, 40)

@@ -1,0 +1,399 @@
+"""Benchmark GhostNet against tf.keras MobileNetV3 on this machine, in one run so the numbers compare.
+
+Per model: inference latency at batch 1 and throughput at a larger batch through the TF graph
+(tensorpack for GhostNet, tf.keras in a tf.compat.v1 graph for MobileNetV3), the SavedModel
+serving signature and TFLite, and the training step throughput. All weights are random.
+Writes OUT.md and OUT.json.
+"""
+import argparse
+import collections
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+import warnings
+
+import compat  # noqa: F401  (must come before TensorFlow)
+import numpy as np
+import tensorflow as tf
+import tensorpack
+from tensorpack.tfutils.tower import TowerContext
+from tensorpack.utils import logger
+
+import export
+from ghostnet import GhostNet
+
+tfv1 = tf.compat.v1
+
+GHOSTNET_WIDTHS = {'ghostnet-0.5': 0.5, 'ghostnet-1.0': 1.0, 'ghostnet-1.3': 1.3}
+KERAS_MODELS = {'mobilenetv3-large': 'MobileNetV3Large', 'mobilenetv3-small': 'MobileNetV3Small'}
+MODELS = tuple(GHOSTNET_WIDTHS) + tuple(KERAS_MODELS)
+PATHS = ('graph', 'savedmodel', 'tflite', 'train')
+NUM_CLASSES = 1000
+PROFILE_TOP = 8   # op types listed per profiled model
+WARMUP_CALLS = 2
+
+
+# ---------------------------------------------------------------- the models
+
+class GhostNetSubject:
+    """GhostNet at a width: the tensorpack graph, and export.py's folded SavedModel."""
+
+    def __init__(self, name, image_size):
+        self.name = name
+        self.model = GhostNet(NUM_CLASSES, GHOSTNET_WIDTHS[name], image_shape=image_size)
+
+    def graph(self, training):
+        """(session, image placeholder, label placeholder, train op or probabilities) in a fresh graph."""
+        graph = tf.Graph()
+        with graph.as_default():
+            image, label = [tfv1.placeholder(spec.dtype, spec.shape, spec.name)
+                            for spec in self.model.get_input_signature()]
+            with TowerContext('', is_training=training):
+                cost = self.model.build_graph(image, label)
+            fetch = graph.get_tensor_by_name('prob:0')
+            if training:
+                fetch = minimize(self.model.get_optimizer(), cost)
+            session = tfv1.Session(graph=graph)
+            session.run(tfv1.global_variables_initializer())
+        return session, image, label, fetch
+
+    def saved_model(self, session, directory):
+        """Save the session's weights and export them with export.py; returns the SavedModel path."""
+        with session.graph.as_default():
+            checkpoint = tfv1.train.Saver().save(session, os.path.join(directory, 'model'))
+        return export.export_saved_model(self.model, checkpoint, os.path.join(directory, 'saved_model'))
+
+
+class KerasSubject:
+    """A tf.keras.applications model with random weights, with its own [0, 255] RGB preprocessing."""
+
+    def __init__(self, name, image_size):
+        self.name = name
+        self.image_size = image_size
+        self.constructor = getattr(tf.keras.applications, KERAS_MODELS[name])
+
+    def build(self):
+        """A new Keras model that outputs logits."""
+        return self.constructor(input_shape=(self.image_size, self.image_size, 3), weights=None,
+                                classes=NUM_CLASSES, classifier_activation=None)
+
+    def graph(self, training):
+        """(session, image placeholder, label placeholder, fetch) in a fresh tf.compat.v1 graph."""
+        graph = tf.Graph()
+        with graph.as_default():
+            network = self.build()
+            image = tfv1.placeholder(tf.float32, [None, self.image_size, self.image_size, 3], 'input')
+            label = tfv1.placeholder(tf.int32, [None], 'label')
+            logits = network(image, training=training)
+            fetch = tf.nn.softmax(logits)
+            if training:
+                loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(label, logits))
+                with tf.control_dependencies(network.get_updates_for(image)):
+                    fetch = tfv1.train.MomentumOptimizer(0.1, 0.9, use_nesterov=True).minimize(loss)
+            session = tfv1.Session(graph=graph)
+            session.run(tfv1.global_variables_initializer())
+        return session, image, label, fetch
+
+    def saved_model(self, session, directory):
+        """A SavedModel with the same serving signature as export.py's (the weights are new random ones)."""
+        del session  # its weights live in a tf.compat.v1 graph; fresh random ones time the same
+        module = tf.Module()
+        module.network = self.build()
+        module.serve = tf.function(lambda images: serving_outputs(module.network(
+            tf.cast(images, tf.float32), training=False)), input_signature=[tf.TensorSpec(
+                [None, self.image_size, self.image_size, 3], tf.uint8, name='images')])
+        path = os.path.join(directory, 'saved_model')
+        tf.saved_model.save(module, path, signatures={'serving_default': module.serve})
+        return path
+
+
+def serving_outputs(logits):
+    """The outputs of export.py's serving signature, from logits."""
+    probabilities = tf.nn.softmax(logits)
+    return {'probabilities': probabilities, 'top5': tf.math.top_k(probabilities, 5).indices,
+            'logits': logits}
+
+
+def minimize(optimizer, cost):
+    """The training op: the optimizer's step after the batch-norm EMA updates, as tensorpack runs them."""
+    with tf.control_dependencies(tfv1.get_collection(tfv1.GraphKeys.UPDATE_OPS)):
+        return optimizer.minimize(cost)
+
+
+def subject(name, image_size):
+    """The benchmark subject for a model name."""
+    if name in GHOSTNET_WIDTHS:
+        return GhostNetSubject(name, image_size)
+    return KerasSubject(name, image_size)
+
+
+# ---------------------------------------------------------------- what is timed
+
+def random_images(batch, size, seed=0):
+    """A batch of random uint8 images [batch, size, size, 3]."""
+    return np.random.RandomState(seed).randint(0, 256, (batch, size, size, 3), dtype=np.uint8)
+
+
+def graph_call(session, image, fetch, images):
+    """One run of a TF graph session on float images in [0, 255]."""
+    feed = {image: images.astype(np.float32)}
+    return lambda: session.run(fetch, feed)
+
+
+def saved_model_call(signature, images):
+    """One call of a SavedModel's serving signature on uint8 images."""
+    images = tf.constant(images)
+    return lambda: signature(images=images)
+
+
+def tflite_call(path, images):
+    """One invocation of a TFLite flatbuffer resized to the batch, on every core."""
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')   # tf.lite.Interpreter's deprecation notice
+        interpreter = tf.lite.Interpreter(path, num_threads=os.cpu_count())
+    index = interpreter.get_input_details()[0]['index']
+    interpreter.resize_tensor_input(index, images.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(index, images)
+    return interpreter.invoke
+
+
+def training_call(subject_, batch, image_size):
+    """One training step at `batch` (optimizer and batch-norm updates) of a fresh training graph."""
+    session, image, label, train_op = subject_.graph(training=True)
+    feed = {image: random_images(batch, image_size).astype(np.float32),
+            label: np.arange(batch) % NUM_CLASSES}
+    return lambda: session.run(train_op, feed)
+
+
+def op_type_profile(session, image, fetch, images):
+    """Traced op time per op type for one run: [(op type, ms, percent)], largest first."""
+    metadata = tfv1.RunMetadata()
+    feed = {image: images.astype(np.float32)}
+    session.run(fetch, feed, options=tfv1.RunOptions(trace_level=tfv1.RunOptions.FULL_TRACE),
+                run_metadata=metadata)
+    micros = collections.Counter()
+    for device in metadata.step_stats.dev_stats:
+        for node in device.node_stats:
+            label = node.timeline_label
+            micros[label.split(' = ')[1].split('(')[0] if ' = ' in label else node.node_name] += \
+                node.all_end_rel_micros
+    total = sum(micros.values())
+    return [(op, round(us / 1e3, 1), round(100 * us / total, 1))
+            for op, us in micros.most_common(PROFILE_TOP)]
+
+
+def parameter_count(session):
+    """Trainable parameters in a session's graph."""
+    with session.graph.as_default():
+        return int(sum(np.prod(v.shape) for v in tfv1.trainable_variables()))
+
+
+def prepare_model(name, args, workdir):
+    """({'params_m', ['profile']}, {(path, batch): call}) for one model and the requested paths."""
+    subject_ = subject(name, args.image_size)
+    batches = {batch: random_images(batch, args.image_size) for batch in (1, args.batch)}
+    session, image, _, probabilities = subject_.graph(training=False)
+    info = {'params_m': round(parameter_count(session) / 1e6, 2)}
+    calls = {}
+    if 'graph' in args.paths:
+        calls.update({('graph', b): graph_call(session, image, probabilities, x) for b, x in batches.items()})
+    if args.profile:
+        timed(graph_call(session, image, probabilities, batches[args.batch]), WARMUP_CALLS)
+        info['profile'] = op_type_profile(session, image, probabilities, batches[args.batch])
+    if {'savedmodel', 'tflite'} & set(args.paths):
+        saved_model = subject_.saved_model(session, os.path.join(workdir, name))
+    if 'savedmodel' in args.paths:
+        signature = tf.saved_model.load(saved_model).signatures['serving_default']
+        calls.update({('savedmodel', b): saved_model_call(signature, x) for b, x in batches.items()})
+    if 'tflite' in args.paths:
+        flatbuffer = export.export_tflite(saved_model, os.path.join(workdir, name + '.tflite'))
+        calls.update({('tflite', b): tflite_call(flatbuffer, x) for b, x in batches.items()})
+    if 'train' in args.paths:
+        calls[('train', args.batch)] = training_call(subject_, args.batch, args.image_size)
+    return info, calls
+
+
+# ---------------------------------------------------------------- timing
+
+def timed(call, count):
+    """Wall times of `count` calls."""
+    times = []
+    for _ in range(count):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def time_interleaved(calls, args):
+    """{key: [seconds]}: every call timed in turn, round after round, so background load hits all alike."""
+    for call in calls.values():
+        timed(call, WARMUP_CALLS)
+    samples = collections.defaultdict(list)
+    for round_ in range(args.rounds):
+        for key, call in calls.items():
+            samples[key] += timed(call, args.iters if key[-1] == 1 else args.batch_iters)
+        logger.info('Timing round {}/{} done'.format(round_ + 1, args.rounds))
+    return samples
+
+
+def speeds(samples):
+    """{path: metrics} of one model from its samples: batch-1 latency, batch throughput; median and best."""
+    result = collections.defaultdict(dict)
+    for (path, batch), times in samples.items():
+        if batch == 1:
+            result[path].update(latency_ms=round(statistics.median(times) * 1e3, 2),
+                                best_latency_ms=round(min(times) * 1e3, 2))
+        else:
+            result[path].update(throughput=round(batch / statistics.median(times), 1),
+                                best_throughput=round(batch / min(times), 1))
+    return dict(result)
+
+
+# ---------------------------------------------------------------- report
+
+def cpu_model():
+    """The CPU model name from /proc/cpuinfo, else what the platform module says."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            return next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
+    except (OSError, StopIteration):
+        return platform.processor() or 'unknown CPU'
+
+
+def machine():
+    """CPU model, cores and library versions."""
+    return {'cpu': cpu_model(), 'cores': os.cpu_count(), 'usable_cores': len(os.sched_getaffinity(0)),
+            'platform': platform.platform(), 'python': platform.python_version(),
+            'tensorflow': tf.__version__, 'tensorpack': tensorpack.__version__,
+            'gpus': len(tf.config.list_physical_devices('GPU'))}
+
+
+def cell(results, model, path, metric):
+    """A table cell: the metric, or '-' where it was not measured."""
+    value = results[model].get(path, {}).get(metric)
+    return '-' if value is None else '{:g}'.format(value)
+
+
+def goal_lines(results):
+    """The GhostNet 1.0x vs MobileNetV3Large goals, measured against this run."""
+    if not {'ghostnet-1.0', 'mobilenetv3-large'} <= set(results):
+        return []
+    ghost, large = results['ghostnet-1.0'], results['mobilenetv3-large']
+    lines = ['', '## GhostNet 1.0x against MobileNetV3Large', '']
+    for path in ('graph', 'savedmodel', 'tflite'):
+        if path in ghost and path in large:
+            ratio = ghost[path]['throughput'] / large[path]['throughput']
+            latency = ghost[path]['latency_ms'] / large[path]['latency_ms']
+            lines.append('- {}: batch throughput {:.2f}x ({}; goal >= 1.2x), batch-1 latency {:.2f}x ({}; '
+                         'goal <= 1.0x)'.format(path, ratio, 'met' if ratio >= 1.2 else 'short', latency,
+                                                'met' if latency <= 1.0 else 'short'))
+    if 'train' in ghost and 'train' in large:
+        ratio = ghost['train']['throughput'] / large['train']['throughput']
+        lines.append('- training: throughput {:.2f}x ({}; goal >= 1.0x)'.format(
+            ratio, 'met' if ratio >= 1.0 else 'short'))
+    return lines
+
+
+def profile_lines(results, batch):
+    """Per model, the op types that took the most traced time in the graph at the batch size."""
+    lines = []
+    for model, result in results.items():
+        if 'profile' in result:
+            lines += ['', '### {} graph, batch {}: op types by traced time'.format(model, batch), '',
+                      '| op type | ms | share |', '|---|---|---|']
+            lines += ['| {} | {:g} | {:g}% |'.format(*row) for row in result['profile']]
+    return lines
+
+
+def markdown(report):
+    """The report as Markdown: machine, settings, one table row per model, goals, profiles."""
+    settings, results = report['settings'], report['results']
+    batch = settings['batch']
+    header = ['model', 'params (M)', 'graph b1 ms', 'graph b{} img/s'.format(batch),
+              'SavedModel b1 ms', 'SavedModel b{} img/s'.format(batch), 'TFLite b1 ms',
+              'TFLite b{} img/s'.format(batch), 'train b{} img/s'.format(batch)]
+    lines = ['# GhostNet benchmark', '',
+             'Machine: {cpu}, {cores} cores ({usable_cores} usable), {platform}; Python {python}, '
+             'TensorFlow {tensorflow}, tensorpack {tensorpack}, GPUs: {gpus}.'.format(**report['machine']),
+             'Load average (1 min) at start and end: {:.2f}, {:.2f}.'.format(*report['load_average']),
+             'Settings: {0}x{0} input, random weights; medians of {1} batch-1 and {2} batch-{3} runs, '
+             'timed in {4} rounds in which every model and path takes its turn; graph = tensorpack '
+             '(GhostNet) or tf.keras in a tf.compat.v1 graph (MobileNetV3); TFLite on {5} threads.'.format(
+                 settings['image_size'], settings['rounds'] * settings['iters'],
+                 settings['rounds'] * settings['batch_iters'], batch, settings['rounds'],
+                 report['machine']['cores']),
+             '', '| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+    for model, result in results.items():
+        cells = [cell(results, model, path, metric) for path in ('graph', 'savedmodel', 'tflite')
+                 for metric in ('latency_ms', 'throughput')]
+        cells.append(cell(results, model, 'train', 'throughput'))
+        lines.append('| ' + ' | '.join([model, '{:g}'.format(result['params_m'])] + cells) + ' |')
+    return '\n'.join(lines + goal_lines(results) + profile_lines(results, batch)) + '\n'
+
+
+# ---------------------------------------------------------------- command line
+
+def comma_list(choices):
+    """An argparse type: a comma-separated subset of `choices`."""
+    def parse(text):
+        items = [item for item in text.split(',') if item]
+        unknown = set(items) - set(choices)
+        if unknown:
+            raise argparse.ArgumentTypeError('unknown {}; choose from {}'.format(
+                ', '.join(sorted(unknown)), ', '.join(choices)))
+        return items
+    return parse
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--models', type=comma_list(MODELS), default=list(MODELS),
+                        help='comma-separated, from ' + ','.join(MODELS))
+    parser.add_argument('--paths', type=comma_list(PATHS), default=list(PATHS),
+                        help='comma-separated, from ' + ','.join(PATHS))
+    parser.add_argument('--rounds', type=int, default=5, help='rounds of interleaved timing')
+    parser.add_argument('--iters', type=int, default=5, help='timed batch-1 runs per round')
+    parser.add_argument('--batch-iters', type=int, default=1,
+                        help='timed large-batch inference and training runs per round')
+    parser.add_argument('--batch', type=int, default=32)
+    parser.add_argument('--image-size', type=int, default=224)
+    parser.add_argument('--profile', action='store_true',
+                        help='add per-op-type time of the graph path at the large batch')
+    parser.add_argument('--out', default='bench_results', help='writes OUT.md and OUT.json')
+    args = parser.parse_args(argv)
+    if args.batch < 2:
+        parser.error('--batch must be at least 2 (batch 1 is always timed for latency)')
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    report = {'machine': machine(), 'settings': {key: getattr(args, key) for key in (
+        'models', 'paths', 'rounds', 'iters', 'batch_iters', 'batch', 'image_size')}, 'results': {}}
+    start, load_at_start = time.time(), os.getloadavg()[0]
+    calls = {}
+    with tempfile.TemporaryDirectory() as workdir:
+        for name in args.models:
+            report['results'][name], model_calls = prepare_model(name, args, workdir)
+            calls.update({(name,) + key: call for key, call in model_calls.items()})
+        samples = time_interleaved(calls, args)
+    for name in args.models:
+        report['results'][name].update(speeds({key[1:]: times for key, times in samples.items()
+                                               if key[0] == name}))
+    report['seconds'] = round(time.time() - start)
+    report['load_average'] = [load_at_start, os.getloadavg()[0]]
+    with open(args.out + '.json', 'w') as f:
+        json.dump(report, f, indent=1)
+    with open(args.out + '.md', 'w') as f:
+        f.write(markdown(report))
+    logger.info('Wrote {0}.md and {0}.json in {1} s:\n{2}'.format(args.out, report['seconds'],
+                                                                 markdown(report)))
+
+
+if __name__ == '__main__':
+    main()

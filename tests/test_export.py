@@ -1,0 +1,276 @@
+"""export.py: the folded SavedModel and TFLite against the tensorpack graph, on a randomized checkpoint."""
+import os
+import subprocess
+import sys
+from unittest import mock
+
+import cv2
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorpack.tfutils.tower import TowerContext
+
+import export
+from ghostnet import HEAD_CHANNELS, GhostNet
+from imagenet_utils import CheckpointError, DataError
+
+tfv1 = tf.compat.v1
+pytestmark = pytest.mark.filterwarnings('ignore:.*tf.lite.Interpreter is deprecated:UserWarning')
+
+TOLERANCE = 1e-3
+# Narrow and small, with Ghost ratios 1-4 (slices where ratio 3 leaves spare cheap channels)
+# and cheap kernels 1-5, so every branch of the Ghost module is exported.
+SMALL = dict(num_classes=10, width=0.5, image_shape=64,
+             ratio_code=[2, 3, 4, 2, 3, 2, 3, 4, 2, 2, 3, 2, 1, 2, 3, 2],
+             dw_code=[3, 5, 3, 1, 3, 3, 5, 3, 3, 3, 3, 5, 3, 3, 3, 3])
+RANDOMIZED_SUFFIXES = ('/gamma', '/beta', '/mean/EMA', '/variance/EMA', '/b')
+
+
+def write_jpegs(directory, count=12, seed=0):
+    """`count` JPEGs of various sizes with blobs and gradients (one grayscale); returns their paths."""
+    rng = np.random.RandomState(seed)
+    paths = []
+    for index in range(count):
+        height, width = rng.randint(48, 320, size=2)
+        noise = cv2.GaussianBlur(rng.uniform(0, 255, (height, width, 3)).astype(np.float32), (0, 0), 5)
+        ramp = np.linspace(0, rng.uniform(-120, 120), width, dtype=np.float32)[np.newaxis, :, np.newaxis]
+        image = np.clip((noise - noise.mean()) * 4 + 128 + ramp, 0, 255).astype(np.uint8)
+        cv2.circle(image, (int(rng.randint(width)), int(rng.randint(height))),
+                   int(rng.randint(5, 40)), tuple(int(c) for c in rng.randint(0, 256, 3)), -1)
+        if index == count - 1:
+            image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        paths.append(str(directory / 'image_{:02d}.jpg'.format(index)))
+        cv2.imwrite(paths[-1], image)
+    return paths
+
+
+def randomized(name, shape, rng):
+    """Non-trivial batch-norm statistics, scales, shifts and biases for variable `name`."""
+    if name.endswith('/gamma'):
+        return rng.uniform(0.5, 1.5, shape)
+    if name.endswith('/variance/EMA'):
+        return rng.uniform(0.5, 2.0, shape)
+    return rng.normal(0, 0.2, shape)
+
+
+def randomized_checkpoint(model, directory, images_rgb, seed=0):
+    """Save `model` with random weights and batch norm; returns (checkpoint, tensorpack logits of images)."""
+    rng = np.random.RandomState(seed)
+    with tf.Graph().as_default():
+        tfv1.set_random_seed(seed)
+        inputs = [tfv1.placeholder(spec.dtype, spec.shape, spec.name)
+                  for spec in model.get_input_signature()]
+        with TowerContext('', is_training=False):
+            model.build_graph(*inputs)
+        with tfv1.Session() as sess:
+            sess.run(tfv1.global_variables_initializer())
+            sess.run([v.assign(randomized(v.op.name, v.shape, rng).astype(np.float32))
+                      for v in tfv1.global_variables() if v.op.name.endswith(RANDOMIZED_SUFFIXES)])
+            feed = {inputs[0]: images_rgb[..., ::-1].astype(np.float32)}
+            center_classifier(sess, model, feed)
+            checkpoint = tfv1.train.Saver().save(sess, str(directory / 'model'))
+            logits = sess.run(model.end_points['Logits'], feed)
+    return checkpoint, logits
+
+
+def center_classifier(sess, model, feed, gain=10):
+    """Scale the classifier and cancel its response to the images' mean features, so top-1 varies.
+
+    A random network's pooled features share a large common part; without this every test
+    image would get the same class and the top-1 comparisons would prove little.
+    """
+    features = sess.run(model.end_points['Conv2d_18'], feed).reshape(-1, HEAD_CHANNELS).mean(0)
+    variables = {v.op.name: v for v in tfv1.global_variables()}
+    kernel = variables[model.scope + '/Logits/Conv2d_1c_1x1/W']
+    bias = variables[model.scope + '/Logits/Conv2d_1c_1x1/b']
+    scaled = sess.run(kernel) * gain
+    sess.run([kernel.assign(scaled), bias.assign(-features @ scaled.reshape(HEAD_CHANNELS, -1))])
+
+
+class Case:
+    """A model, its randomized checkpoint, test images and the tensorpack graph's logits on them."""
+
+    def __init__(self, model, directory, paths):
+        self.model = model
+        self.paths = paths
+        self.images = export.load_rgb_batch(paths, model.image_shape)
+        self.checkpoint, self.logits = randomized_checkpoint(model, directory, self.images)
+
+
+def assert_parity(logits, reference):
+    """Logits within TOLERANCE of the tensorpack graph's, same top-1."""
+    print('max |logits - tensorpack| = {:.2e} (logits up to {:.2f})'.format(
+        np.abs(logits - reference).max(), np.abs(reference).max()))
+    assert len(set(reference.argmax(1))) > 1, 'the test images should not all get one class'
+    np.testing.assert_allclose(logits, reference, rtol=0, atol=TOLERANCE)
+    np.testing.assert_array_equal(logits.argmax(1), reference.argmax(1))
+
+
+def run_tflite(path, images):
+    """The serving signature of a TFLite flatbuffer on uint8 RGB images."""
+    return tf.lite.Interpreter(path, num_threads=2).get_signature_runner()(images=images)
+
+
+@pytest.fixture(scope='module')
+def jpegs(tmp_path_factory):
+    return write_jpegs(tmp_path_factory.mktemp('jpegs'))
+
+
+@pytest.fixture(scope='module')
+def small(tmp_path_factory, jpegs):
+    return Case(GhostNet(**SMALL), tmp_path_factory.mktemp('small'), jpegs)
+
+
+@pytest.fixture(scope='module')
+def small_export(tmp_path_factory, small):
+    """export.export of the small case with a float TFLite; (written paths, logged messages)."""
+    out_dir = str(tmp_path_factory.mktemp('export'))
+    with mock.patch.object(export.logger, 'info') as info:
+        written = export.export(small.model, small.checkpoint, out_dir, tflite=True)
+    return written, [call.args[0] for call in info.call_args_list]
+
+
+@pytest.mark.parametrize('depthwise', [False, True])
+def test_fold_batch_norm_equals_conv_then_batch_norm(depthwise):
+    rng = np.random.RandomState(0)
+    x = rng.normal(size=(2, 9, 9, 4)).astype(np.float32)
+    kernel = rng.normal(size=(3, 3, 4, 3)).astype(np.float32)
+    channels = 12 if depthwise else 3
+    gamma, beta, mean = (rng.normal(size=channels).astype(np.float32) for _ in range(3))
+    variance = rng.uniform(0.1, 2, channels).astype(np.float32)
+    conv = tf.nn.depthwise_conv2d if depthwise else tf.nn.conv2d
+    strides = [1, 2, 2, 1]
+    expected = tf.nn.batch_normalization(conv(x, kernel, strides, 'SAME'), mean, variance, beta, gamma,
+                                         export.BN_EPSILON)
+    folded, bias = export.fold_batch_norm(kernel, gamma, beta, mean, variance, depthwise=depthwise)
+    np.testing.assert_allclose(conv(x, folded, strides, 'SAME') + bias, expected, atol=1e-5)
+
+
+def test_export_writes_and_logs_paths_and_sizes(small_export):
+    written, messages = small_export
+    saved_model, tflite = written
+    assert os.path.isfile(os.path.join(saved_model, 'saved_model.pb'))
+    assert tflite.endswith('ghostnet.tflite') and os.path.getsize(tflite) > 0
+    for path in written:
+        assert any(path in message and 'MB' in message for message in messages), messages
+
+
+def test_saved_model_matches_tensorpack(small, small_export):
+    signature = tf.saved_model.load(small_export[0][0]).signatures['serving_default']
+    outputs = {name: value.numpy() for name, value in signature(images=tf.constant(small.images)).items()}
+    assert_parity(outputs['logits'], small.logits)
+    np.testing.assert_allclose(outputs['probabilities'], tf.nn.softmax(small.logits), atol=1e-4)
+    assert outputs['top5'].dtype == np.int32 and outputs['top5'].shape == (len(small.paths), 5)
+    np.testing.assert_array_equal(outputs['top5'][:, 0], small.logits.argmax(1))
+
+
+def test_float_tflite_matches_tensorpack(small, small_export):
+    outputs = run_tflite(small_export[0][1], small.images)
+    assert_parity(outputs['logits'], small.logits)
+    np.testing.assert_array_equal(outputs['top5'][:, 0], small.logits.argmax(1))
+
+
+@pytest.mark.parametrize('quantize', ['dynamic', 'int8'])
+def test_quantized_tflite_top1_agreement(small, small_export, quantize, tmp_path):
+    path = export.export_tflite(small_export[0][0], str(tmp_path / 'q.tflite'), quantize, small.images)
+    outputs = run_tflite(path, small.images)
+    agreement = np.mean(outputs['logits'].argmax(1) == small.logits.argmax(1))
+    print('{} TFLite: top-1 agreement with tensorpack {:.0%} on {} images, max |logits diff| {:.3f}'.format(
+        quantize, agreement, len(small.paths), np.abs(outputs['logits'] - small.logits).max()))
+    assert np.isfinite(outputs['logits']).all() and outputs['probabilities'].shape == small.logits.shape
+
+
+def test_int8_without_representative_images_fails_before_writing(small, tmp_path):
+    with pytest.raises(DataError, match='representative'):
+        export.export(small.model, small.checkpoint, str(tmp_path), quantize='int8')
+    assert os.listdir(tmp_path) == []
+
+
+def test_full_size_saved_model_matches_tensorpack(tmp_path, jpegs):
+    case = Case(GhostNet(), tmp_path, jpegs[:4])
+    directory = export.export_saved_model(case.model, case.checkpoint, str(tmp_path / 'saved_model'))
+    signature = tf.saved_model.load(directory).signatures['serving_default']
+    assert_parity(signature(images=tf.constant(case.images))['logits'].numpy(), case.logits)
+
+
+def test_predict_names_top5_from_synset_words(small, tmp_path):
+    words = ['n{:08d} class number {}'.format(index, index) for index in range(SMALL['num_classes'])]
+    (tmp_path / 'synset_words.txt').write_text('\n'.join(words) + '\n')
+    results = export.predict(small.model, small.checkpoint, small.paths, str(tmp_path))
+    assert [path for path, _ in results] == small.paths
+    for (_, top5), logits in zip(results, small.logits):
+        indices = [index for index, _, _ in top5]
+        probabilities = [p for _, _, p in top5]
+        assert indices[0] == logits.argmax() and probabilities == sorted(probabilities, reverse=True)
+        assert [name for _, name, _ in top5] == [words[index] for index in indices]
+
+
+def test_predict_rejects_a_file_that_is_not_an_image(small, tmp_path):
+    not_image = tmp_path / 'notes.jpg'
+    not_image.write_text('not a JPEG')
+    with pytest.raises(DataError, match='notes.jpg'):
+        export.predict(small.model, small.checkpoint, small.paths[:1] + [str(not_image)])
+
+
+def test_class_names_fall_back_to_wnids_then_indices(tmp_path):
+    (tmp_path / 'synsets.txt').write_text('n01\nn02\nn03\n')
+    assert export.class_names(str(tmp_path), 3) == ['n01', 'n02', 'n03']
+    assert export.class_names(str(tmp_path), 4) == ['0', '1', '2', '3']
+    assert export.class_names(None, 2) == ['0', '1']
+
+
+def test_checkpoint_of_another_width_is_refused_by_name(small, tmp_path):
+    with pytest.raises(CheckpointError, match='does not fit'):
+        export.export_saved_model(GhostNet(**dict(SMALL, width=1.0)), small.checkpoint, str(tmp_path / 'sm'))
+
+
+def test_npz_checkpoint_and_class_count(small, tmp_path):
+    values = export.checked_values(small.model, small.checkpoint)
+    npz = str(tmp_path / 'weights.npz')
+    np.savez(npz, **{'{}/{}:0'.format(small.model.scope, name): value for name, value in values.items()})
+    assert export.checkpoint_num_classes(npz) == export.checkpoint_num_classes(small.checkpoint) == 10
+    npz_values = export.checked_values(small.model, npz)
+    assert npz_values.keys() == values.keys()
+    assert all(np.array_equal(npz_values[name], values[name]) for name in values)
+
+
+def run_main(*flags):
+    """main.py in a subprocess: (exit status, stdout, stderr)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = subprocess.run([sys.executable, os.path.join(root, 'main.py'), *flags], cwd=root,
+                         capture_output=True, text=True, timeout=300)
+    return run.returncode, run.stdout, run.stderr
+
+
+def small_flags(case):
+    return ['--load', case.checkpoint, '--width_ratio', str(SMALL['width']),
+            '--image_size', str(SMALL['image_shape']),
+            '--dw_code_str', ','.join(map(str, SMALL['dw_code'])),
+            '--ratio_code_str', ','.join(map(str, SMALL['ratio_code']))]
+
+
+def test_cli_predict_prints_top5_per_image(small):
+    status, out, err = run_main('--predict', *small.paths[:2], *small_flags(small))
+    assert status == 0, err
+    lines = out.strip().splitlines()[-12:]
+    for index in range(2):
+        assert lines[6 * index] == small.paths[index]
+        probability, name = lines[6 * index + 1].split()
+        assert int(name) == small.logits[index].argmax()      # no metadata: class indices
+
+
+def test_cli_export_writes_saved_model_and_tflite(small, tmp_path):
+    out_dir = str(tmp_path / 'out')
+    status, out, err = run_main('--export', out_dir, '--tflite', *small_flags(small))
+    assert status == 0, err
+    assert os.path.isfile(os.path.join(out_dir, 'saved_model', 'saved_model.pb'))
+    logits = run_tflite(os.path.join(out_dir, 'ghostnet.tflite'), small.images)['logits']
+    np.testing.assert_allclose(logits, small.logits, rtol=0, atol=TOLERANCE)
+
+
+def test_cli_predict_names_a_file_that_is_not_an_image(small, tmp_path):
+    not_image = tmp_path / 'notes.JPEG'
+    not_image.write_text('not a JPEG')
+    status, out, err = run_main('--predict', str(not_image), *small_flags(small))
+    assert status == 1
+    assert 'error: ' in err and str(not_image) in err and 'Traceback' not in err
