@@ -47,7 +47,7 @@ class TrainingDiverged(Exception):
 
 
 def get_parser():
-    """The command line: the released CLI's flags, plus --meta_dir, --workers, --skip-bad-images, --demo."""
+    """The command line: the released CLI's flags, and those for training, prediction, export and the demo."""
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--eval', action='store_true', help='report top-1/top-5 error on val/')
@@ -142,6 +142,8 @@ def parse_args(argv=None):
     if not args.data_dir and (args.eval or (args.train and not args.fake)):
         parser.error('--data_dir is needed: the ImageNet directory holding train/, val/ and '
                      'caffe_ilsvrc12/ (or pass --demo, --flops, or --fake to train on random data)')
+    if args.data_dir and not args.meta_dir:
+        args.meta_dir = os.path.join(args.data_dir, 'caffe_ilsvrc12')
     args.batch = args.batch or (TRAIN_BATCH if args.train else EVAL_BATCH)
     if args.min_crop_area is None:
         args.min_crop_area = 0.49 if args.width_ratio < 1 else 0.08
@@ -173,9 +175,8 @@ def num_towers(args):
 
 def run_eval(args):
     """Top-1/top-5 error on DATA_DIR/val; the last two lines printed are the released format."""
-    meta_dir = args.meta_dir or os.path.join(args.data_dir, 'caffe_ilsvrc12')
-    examples = list_val_images(args.data_dir, meta_dir)
-    num_classes = len(read_synsets(meta_dir))
+    examples = list_val_images(args.data_dir, args.meta_dir)
+    num_classes = len(read_synsets(args.meta_dir))
     towers = num_towers(args)
     if args.load:
         session_init = CheckedInit(args.load)
@@ -236,13 +237,12 @@ def get_data(args, batch_per_tower, bad_image_log):
         fake = FakeData(shapes, 1000, random=False, dtype=['uint8', 'int32'],
                         domain=[(0, 255), (0, IMAGENET_CLASSES - 1)])
         return fake, None, IMAGENET_CLASSES, 100 * args.batch
-    meta_dir = args.meta_dir or os.path.join(args.data_dir, 'caffe_ilsvrc12')
-    train = list_train_images(args.data_dir, meta_dir)
-    val = list_val_images(args.data_dir, meta_dir)
+    train = list_train_images(args.data_dir, args.meta_dir)
+    val = list_val_images(args.data_dir, args.meta_dir)
     train_df = get_train_dataflow(train, batch_per_tower, bad_image_log, args.image_size,
                                   args.min_crop_area, args.workers)
     val_df = get_val_dataflow(val, batch_per_tower, args.image_size, args.workers, bad_images=[])
-    return train_df, val_df, len(read_synsets(meta_dir)), len(train)
+    return train_df, val_df, len(read_synsets(args.meta_dir)), len(train)
 
 
 def validation_callbacks(val_df, towers, every_k_epochs):
@@ -315,6 +315,7 @@ def summarize_training(trainer, logdir):
 def run_demo(args):
     """Write a sample dataset (unless DATA_DIR already holds data), train briefly on it, evaluate."""
     args.data_dir = args.data_dir or DEMO_DIR
+    args.meta_dir = args.meta_dir or os.path.join(args.data_dir, 'caffe_ilsvrc12')
     if os.path.isdir(args.data_dir) and os.listdir(args.data_dir):
         logger.info('Using the data already in {} (delete it for a fresh sample).'.format(args.data_dir))
     else:
