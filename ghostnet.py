@@ -69,6 +69,30 @@ def parse_code(text, name):
     return code
 
 
+def add_model_arguments(parser):
+    """The released CLI's model flags: --width_ratio, --se, --dw_code_str, --ratio_code_str."""
+    parser.add_argument('--width_ratio', type=float, default=1.0, help='width multiplier (0.5, 1.0, 1.3)')
+    parser.add_argument('--se', type=int, choices=[0, 1], default=1,
+                        help='squeeze-and-excitation in the bottlenecks that have it (1) or none (0)')
+    parser.add_argument('--dw_code_str', default='',
+                        help='16 comma-separated kernel sizes d of the cheap operations, one per '
+                             'bottleneck (default: all 3)')
+    parser.add_argument('--ratio_code_str', default='',
+                        help='16 comma-separated ratios s of the Ghost modules, one per bottleneck '
+                             '(default: all 2)')
+
+
+def check_model_arguments(args, parser):
+    """Sets `args.dw_code` and `args.ratio_code` from their strings; a usage error for bad values."""
+    if args.width_ratio <= 0:
+        parser.error('--width_ratio must be positive')
+    try:
+        args.dw_code = parse_code(args.dw_code_str, '--dw_code_str') if args.dw_code_str else None
+        args.ratio_code = parse_code(args.ratio_code_str, '--ratio_code_str') if args.ratio_code_str else None
+    except ValueError as e:
+        parser.error(str(e))
+
+
 class GhostNet(ImageNetModel):
     """GhostNet on ImageNetModel; variables live under `MobileNetV2/` as in the released checkpoint."""
 

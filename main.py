@@ -23,7 +23,7 @@ from tensorpack.utils import logger
 
 import export
 import flops
-from ghostnet import GhostNet, parse_code
+from ghostnet import GhostNet, add_model_arguments, check_model_arguments
 from imagenet_utils import (BadImageLog, CheckedInit, CheckpointError, DataError, StopOnNonFiniteLoss,
                             WarmupCosineSchedule, evaluate, get_train_dataflow, get_val_dataflow,
                             list_train_images, list_val_images, read_synsets)
@@ -82,15 +82,7 @@ def get_parser():
                         help='layout inside the network (NCHW needs a GPU)')
     parser.add_argument('--image_size', type=int, default=224,
                         help='center crop size S; the shorter edge is first resized to int(S*256/224)')
-    parser.add_argument('--width_ratio', type=float, default=1.0, help='width multiplier (0.5, 1.0, 1.3)')
-    parser.add_argument('--se', type=int, choices=[0, 1], default=1,
-                        help='squeeze-and-excitation in the bottlenecks that have it (1) or none (0)')
-    parser.add_argument('--dw_code_str', default='',
-                        help='16 comma-separated kernel sizes d of the cheap operations, one per '
-                             'bottleneck (default: all 3)')
-    parser.add_argument('--ratio_code_str', default='',
-                        help='16 comma-separated ratios s of the Ghost modules, one per bottleneck '
-                             '(default: all 2)')
+    add_model_arguments(parser)
     parser.add_argument('--workers', type=int, default=os.cpu_count() or 1,
                         help='threads decoding and resizing images (default: the CPU count, %(default)s)')
     train = parser.add_argument_group('training (the default mode), with the paper\'s recipe')
@@ -131,11 +123,7 @@ def parse_args(argv=None):
     if '--demo' in (sys.argv[1:] if argv is None else argv):
         parser.set_defaults(**DEMO_DEFAULTS)
     args = parser.parse_args(argv)
-    try:
-        args.dw_code = parse_code(args.dw_code_str, '--dw_code_str') if args.dw_code_str else None
-        args.ratio_code = parse_code(args.ratio_code_str, '--ratio_code_str') if args.ratio_code_str else None
-    except ValueError as e:
-        parser.error(str(e))
+    check_model_arguments(args, parser)
     args.train = not (args.eval or args.flops or args.demo or args.predict or args.export)
     if (args.predict or args.export) and not args.load:
         parser.error('--predict and --export need --load, the checkpoint to use')
@@ -150,8 +138,6 @@ def parse_args(argv=None):
     for name in ('batch', 'workers', 'image_size', 'epochs', 'val_every', 'keep_checkpoints'):
         if getattr(args, name) < 1:
             parser.error('--{} must be positive'.format(name))
-    if args.width_ratio <= 0:
-        parser.error('--width_ratio must be positive')
     return args
 
 

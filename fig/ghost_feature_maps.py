@@ -25,7 +25,7 @@ from tensorpack.tfutils.tower import TowerContext  # noqa: E402
 from tensorpack.utils import logger  # noqa: E402
 
 from export import checkpoint_num_classes  # noqa: E402
-from ghostnet import GhostNet, parse_code  # noqa: E402
+from ghostnet import GhostNet, add_model_arguments, check_model_arguments  # noqa: E402
 from imagenet_utils import CheckedInit, CheckpointError, DataError, decode_image, eval_augmentor  # noqa: E402
 from main import DEMO_DEFAULTS, DEMO_DIR  # noqa: E402
 from sample_data import sample_image  # noqa: E402
@@ -156,18 +156,11 @@ def parse_args(argv=None):
     parser.add_argument('--layer', default='Conv2d_2_up_pointwise',
                         help='the Ghost module, below MobileNetV2/ (default %(default)s)')
     parser.add_argument('--pairs', type=int, default=8, help='(intrinsic, ghost) pairs shown')
-    parser.add_argument('--width_ratio', type=float, default=1.0, help='as in main.py')
-    parser.add_argument('--se', type=int, choices=[0, 1], default=1, help='as in main.py')
-    parser.add_argument('--dw_code_str', default='', help='as in main.py')
-    parser.add_argument('--ratio_code_str', default='', help='as in main.py')
+    add_model_arguments(parser)
     parser.add_argument('--out', default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                       'ghost_feature_maps.png'))
     args = parser.parse_args(argv)
-    try:
-        args.dw_code = parse_code(args.dw_code_str, '--dw_code_str') if args.dw_code_str else None
-        args.ratio_code = parse_code(args.ratio_code_str, '--ratio_code_str') if args.ratio_code_str else None
-    except ValueError as e:
-        parser.error(str(e))
+    check_model_arguments(args, parser)
     if args.pairs < 1:
         parser.error('--pairs must be positive')
     if args.load is None and tf.train.latest_checkpoint(DEMO_LOGDIR) is None:

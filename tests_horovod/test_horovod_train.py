@@ -2,6 +2,11 @@
 
 The ranks broadcast their variables once at the start only (main.get_trainer), and each reads its
 own shuffled data: they end equal only because Horovod averaged their gradients.
+
+Rank 1 is given its own, empty log directory (train_ranks.py --other_ranks_logdir), as a rank on
+another machine would have: it must neither read nor write a log directory, and on resuming it must
+take its starting epoch from the global step rank 0 broadcast (main.StartAfterBroadcastStep). On
+one machine, where every rank sees the same --logdir, this is the same code path.
 """
 import os
 import shutil
@@ -28,10 +33,14 @@ def horovodrun():
     return exe if os.path.exists(exe) else shutil.which('horovodrun')
 
 
-def train(out, data_dir, logdir, epochs):
-    """main.py's training on 2 ranks, each saving its variables under `out`; horovodrun's output."""
+def train(out, data_dir, logdir, rank1_logdir, epochs):
+    """main.py's training on 2 ranks, each saving its variables under `out`; horovodrun's output.
+
+    Rank 0 logs to `logdir`, rank 1 is given `rank1_logdir` instead.
+    """
     cmd = [horovodrun(), '--gloo', '-np', '2', '-H', 'localhost:2',
            sys.executable, os.path.join(HERE, 'train_ranks.py'), str(out),
+           '--other_ranks_logdir', str(rank1_logdir),
            '--horovod', '--data_dir', str(data_dir), '--logdir', str(logdir),
            '--width_ratio', '0.25', '--image_size', '32', '--batch', '8', '--workers', '1',
            '--epochs', str(epochs), '--steps_per_epoch', str(STEPS)]
@@ -44,15 +53,26 @@ def train(out, data_dir, logdir, epochs):
     return proc.stdout
 
 
+def rank_output(output, rank):
+    """The lines horovodrun prefixed with `rank` ("[1]<stderr>:...")."""
+    prefix = '[{}]<'.format(rank)
+    return '\n'.join(line for line in output.splitlines() if line.startswith(prefix))
+
+
 @pytest.fixture(scope='module')
 def run(tmp_path_factory):
-    """One epoch of STEPS steps on a 4-class sample: {'root', 'data_dir', 'out', 'logdir', 'output'}."""
+    """One epoch of STEPS steps on a 4-class sample.
+
+    {'root', 'data_dir', 'out', 'logdir' (rank 0's), 'rank1_logdir' (empty), 'output'}
+    """
     root = tmp_path_factory.mktemp('hvd')
     data_dir = write_sample_dataset(str(root / 'data'), num_classes=4, train_per_class=16,
                                     val_per_class=4, image_size=40)
-    out, logdir = root / 'epoch1', root / 'train_log'
-    output = train(out, data_dir, logdir, epochs=1)
-    return dict(root=root, data_dir=data_dir, out=out, logdir=logdir, output=output)
+    out, logdir, rank1_logdir = root / 'epoch1', root / 'train_log', root / 'rank1_log'
+    rank1_logdir.mkdir()
+    output = train(out, data_dir, logdir, rank1_logdir, epochs=1)
+    return dict(root=root, data_dir=data_dir, out=out, logdir=logdir, rank1_logdir=rank1_logdir,
+                output=output)
 
 
 def load(out, name):
@@ -107,12 +127,16 @@ def test_only_rank_0_logs_validates_and_saves(run):
     assert 'Rank 1 waiting for initialization' in run['output']
     assert 'Rank 1 waiting for initialization' not in log
     assert len([f for f in os.listdir(str(logdir)) if f.startswith('events.out')]) == 1
+    assert os.listdir(str(run['rank1_logdir'])) == []
 
 
 def test_resume(run):
-    """A second run with --epochs 2 in the same log directory: both ranks do epoch 2 only."""
+    """A second run with --epochs 2 in the same log directories: both ranks do epoch 2 only.
+
+    Rank 1's log directory is still empty: it cannot read the epoch there, it must use rank 0's.
+    """
     out = run['root'] / 'epoch2'
-    output = train(out, run['data_dir'], run['logdir'], epochs=2)
+    output = train(out, run['data_dir'], run['logdir'], run['rank1_logdir'], epochs=2)
     first, final0, final1 = (load(p, n) for p, n in ((run['out'], 'rank0.npz'), (out, 'rank0.npz'),
                                                      (out, 'rank1.npz')))
     init0, init1 = load(out, 'rank0-init.npz'), load(out, 'rank1-init.npz')
@@ -128,4 +152,7 @@ def test_resume(run):
         if not is_ema(name):
             np.testing.assert_allclose(final0[name], final1[name], rtol=1e-5, atol=1e-6, err_msg=name)
     assert os.path.isfile(str(run['logdir'] / 'model-{}.index'.format(2 * STEPS)))
-    assert 'Start Epoch 2' in output and 'Start Epoch 1 ' not in output
+    for rank in (0, 1):
+        assert 'Start Epoch 2' in rank_output(output, rank), output[-8000:]
+    assert 'Start Epoch 1 ' not in output
+    assert os.listdir(str(run['rank1_logdir'])) == []

@@ -5,6 +5,10 @@
 The arguments after OUTDIR are main.py's flags. Each rank writes OUTDIR/rank{R}-init.npz (every
 global variable right after HorovodTrainer's initial broadcast, before the first step) and
 OUTDIR/rank{R}.npz (every global variable after training).
+
+Test-only: `train_ranks.py OUTDIR --other_ranks_logdir DIR FLAGS...` gives every rank but 0 the
+log directory DIR instead of --logdir, as a rank on another machine that cannot see rank 0's
+--logdir would have (main.py is not changed by it; the rank comes from horovodrun's HOROVOD_RANK).
 """
 import os
 import sys
@@ -43,5 +47,11 @@ class DumpVariables(Callback):
 
 if __name__ == '__main__':
     out_dir, argv = sys.argv[1], sys.argv[2:]
+    other_ranks_logdir = None
+    if argv[:1] == ['--other_ranks_logdir']:   # test-only, see above
+        other_ranks_logdir, argv = argv[1], argv[2:]
     os.makedirs(out_dir, exist_ok=True)
-    main.run_train(main.parse_args(argv), extra_callbacks=[DumpVariables(out_dir)])
+    args = main.parse_args(argv)
+    if other_ranks_logdir is not None and int(os.environ['HOROVOD_RANK']) > 0:
+        args.logdir = other_ranks_logdir
+    main.run_train(args, extra_callbacks=[DumpVariables(out_dir)])
