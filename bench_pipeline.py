@@ -31,6 +31,7 @@ from sample_data import write_sample_dataset
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 SAMPLE_CLASSES = 8
+UNIT_SECONDS = {'day': 86400, 'hour': 3600, 'minute': 60, 'second': 1}  # tensorpack: "1 minute 3 seconds"
 
 
 def images_per_second(dataflow, batches):
@@ -76,7 +77,9 @@ def training_rate(args, logdir, *data_flags):
     """Training images per second in the second of two epochs (the first warms up)."""
     output = run_main(*data_flags, '--logdir', logdir, '--epochs', '2', '--steps_per_epoch',
                       str(args.train_steps), '--val_every', '1000', *model_flags(args))
-    seconds = float(re.findall(r'Epoch 2 \(global_step \d+\) finished, time:([\d.]+)', output)[-1])
+    duration = re.findall(r'Epoch 2 \(global_step \d+\) finished, time:(.*)\.$', output, re.M)[-1]
+    seconds = sum(float(value) * UNIT_SECONDS[unit]
+                  for value, unit in re.findall(r'([\d.]+) (day|hour|minute|second)', duration))
     with open(os.path.join(logdir, 'stats.json')) as f:
         queue = json.load(f)[-1].get('QueueInput/queue_size')
     return args.train_steps * args.batch / seconds, queue

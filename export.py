@@ -52,7 +52,11 @@ def image_files(directory):
 def checkpoint_num_classes(checkpoint, scope=GhostNet.scope):
     """The number of classes of a checkpoint (prefix, log directory or .npz): its classifier's width."""
     path = resolve_checkpoint(checkpoint)
-    return checkpoint_shapes(path)[scope + '/Logits/Conv2d_1c_1x1/b'][0]
+    classifier_bias = scope + '/Logits/Conv2d_1c_1x1/b'
+    shapes = checkpoint_shapes(path)
+    if classifier_bias not in shapes:
+        raise CheckpointError('{} has no {}: not a GhostNet checkpoint'.format(path, classifier_bias))
+    return shapes[classifier_bias][0]
 
 
 def checked_values(model, checkpoint):

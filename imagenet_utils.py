@@ -487,19 +487,21 @@ def checkpoint_mismatch_message(path, missing, mismatched, num_shown=10):
 
 
 class CheckedInit(SessionInit):
-    """Restores a checkpoint only if it holds every checkpoint variable of the graph, shapes equal.
+    """Restores the model's weights from a checkpoint that holds every one of them, shapes equal.
 
-    With `fine_tune_scope`, variables under that scope whose shapes differ (a classifier for
-    another number of classes) keep their initial values instead, and the log lists them.
+    Only `checkpoint_variables()` are restored: a training checkpoint's global step, learning
+    rate and optimizer slots are not (resuming is AutoResumeTrainConfig's job). With
+    `fine_tune_scope`, variables under that scope whose shapes differ (a classifier for another
+    number of classes) keep their initial values instead, and the log lists them.
     """
 
     def __init__(self, path, fine_tune_scope=None):
         self.path = resolve_checkpoint(path)
         self.fine_tune_scope = fine_tune_scope
-        self._init = SmartInit(self.path)
 
     def _setup_graph(self):
-        missing, mismatched = check_checkpoint(self.path, checkpoint_variables())
+        variables = checkpoint_variables()
+        missing, mismatched = check_checkpoint(self.path, variables)
         skipped = [m for m in mismatched
                    if self.fine_tune_scope and m[0].startswith(self.fine_tune_scope + '/')]
         mismatched = [m for m in mismatched if m not in skipped]
@@ -508,13 +510,14 @@ class CheckedInit(SessionInit):
         if skipped:
             logger.info('Fine-tuning from {}: not restoring {}'.format(self.path, '; '.join(
                 '{} (checkpoint {}, model {})'.format(*m) for m in skipped)))
-            self._init = SmartInit(self._values_without({name for name, _, _ in skipped}))
+        restored = {v.op.name for v in variables} - {name for name, _, _ in skipped}
+        self._init = SmartInit(self._values(restored))
         self._init._setup_graph()
 
-    def _values_without(self, names):
-        """The checkpoint's {variable name: value}, less `names`."""
+    def _values(self, names):
+        """The checkpoint's {variable name: value} of `names`."""
         values = dict(np.load(self.path)) if self.path.endswith('.npz') else load_checkpoint_vars(self.path)
-        return {k: v for k, v in values.items() if re.sub(':0$', '', k) not in names}
+        return {k: v for k, v in values.items() if re.sub(':0$', '', k) in names}
 
     def _run_init(self, sess):
         try:

@@ -84,7 +84,8 @@ def get_parser():
                         help='center crop size S; the shorter edge is first resized to int(S*256/224)')
     add_model_arguments(parser)
     parser.add_argument('--workers', type=int, default=os.cpu_count() or 1,
-                        help='threads decoding and resizing images (default: the CPU count, %(default)s)')
+                        help='threads (evaluation) or processes (training) decoding images '
+                             '(default: the CPU count, %(default)s)')
     train = parser.add_argument_group('training (the default mode), with the paper\'s recipe')
     train.add_argument('--logdir', help='checkpoints and logs (default train_log/ghostnet-<width>); '
                                         'training resumes from the latest checkpoint there')
@@ -124,7 +125,13 @@ def parse_args(argv=None):
         parser.set_defaults(**DEMO_DEFAULTS)
     args = parser.parse_args(argv)
     check_model_arguments(args, parser)
-    args.train = not (args.eval or args.flops or args.demo or args.predict or args.export)
+    modes = [flag for flag in ('eval', 'flops', 'demo', 'predict', 'export') if getattr(args, flag)]
+    if len(modes) > 1 and set(modes) != {'predict', 'export'}:
+        parser.error('choose one of --eval, --flops, --demo, --predict/--export (got {})'.format(
+            ', '.join('--' + m for m in modes)))
+    if not args.export and (args.tflite or args.quantize != 'none' or args.representative):
+        parser.error('--tflite, --quantize and --representative go with --export OUT_DIR')
+    args.train = not modes
     if (args.predict or args.export) and not args.load:
         parser.error('--predict and --export need --load, the checkpoint to use')
     if not args.data_dir and (args.eval or (args.train and not args.fake)):
@@ -216,7 +223,7 @@ def set_logdir(args, is_chief):
         logger.set_logger_dir(args.logdir, action='b' if args.restart else 'k')
 
 
-def get_data(args, batch_per_tower, bad_image_log):
+def get_data(args, batch_per_tower, bad_image_log, with_val):
     """(training dataflow, validation dataflow or None, number of classes, training images)."""
     if args.fake:
         shapes = [[batch_per_tower, args.image_size, args.image_size, 3], [batch_per_tower]]
@@ -224,10 +231,12 @@ def get_data(args, batch_per_tower, bad_image_log):
                         domain=[(0, 255), (0, IMAGENET_CLASSES - 1)])
         return fake, None, IMAGENET_CLASSES, 100 * args.batch
     train = list_train_images(args.data_dir, args.meta_dir)
-    val = list_val_images(args.data_dir, args.meta_dir)
     train_df = get_train_dataflow(train, batch_per_tower, bad_image_log, args.image_size,
                                   args.min_crop_area, args.workers)
-    val_df = get_val_dataflow(val, batch_per_tower, args.image_size, args.workers, bad_images=[])
+    val_df = None
+    if with_val:
+        val = list_val_images(args.data_dir, args.meta_dir)
+        val_df = get_val_dataflow(val, batch_per_tower, args.image_size, args.workers, bad_images=[])
     return train_df, val_df, len(read_synsets(args.meta_dir)), len(train)
 
 
@@ -247,7 +256,7 @@ def get_config(args, towers, workers, is_chief, stop_on_nan):
             args.batch, towers, workers))
     bad_image_log = BadImageLog()
     train_df, val_df, num_classes, num_images = get_data(args, args.batch // (towers * workers),
-                                                         bad_image_log)
+                                                         bad_image_log, with_val=is_chief)
     steps_per_epoch = args.steps_per_epoch or max(num_images // args.batch, 1)
     schedule = WarmupCosineSchedule(args.lr * args.batch / 256, int(args.warmup_epochs * steps_per_epoch),
                                     args.epochs * steps_per_epoch)
@@ -260,7 +269,7 @@ def get_config(args, towers, workers, is_chief, stop_on_nan):
             callbacks += validation_callbacks(val_df, towers, args.val_every)
     config = dict(model=build_model(args, num_classes), data=QueueInput(train_df), callbacks=callbacks,
                   steps_per_epoch=steps_per_epoch, max_epoch=args.epochs)
-    if args.load:
+    if args.load and is_chief:     # Horovod broadcasts rank 0's values to the other ranks
         config['session_init'] = CheckedInit(args.load, fine_tune_scope=GhostNet.scope + '/Logits')
     # rank 0 resumes from its --logdir; the other ranks get its variables and epoch from it
     return AutoResumeTrainConfig(always_resume=True, **config) if is_chief else TrainConfig(**config)
@@ -310,12 +319,13 @@ def run_demo(args):
     args.logdir = args.logdir or os.path.join(args.data_dir, 'train_log')
     run_train(args)
     gc.collect()    # the training dataflow's worker processes end now, not after the results
-    args.load = args.load or args.logdir
+    args.load = args.logdir
     run_eval(args)
 
 
 def run_export_or_predict(args):
     """--export and/or --predict, with the number of classes the checkpoint has."""
+    num_towers(args)    # checks --gpu and --data-format
     model = build_model(args, export.checkpoint_num_classes(args.load))
     if args.export:
         export.export(model, args.load, args.export, args.tflite, args.quantize, args.representative)

@@ -171,7 +171,7 @@ def test_float_tflite_matches_tensorpack(small, small_export):
 
 
 @pytest.mark.parametrize('quantize', ['dynamic', 'int8'])
-def test_quantized_tflite_top1_agreement(small, small_export, quantize, tmp_path):
+def test_quantized_tflite_runs_and_reports_top1_agreement(small, small_export, quantize, tmp_path):
     path = export.export_tflite(small_export[0][0], str(tmp_path / 'q.tflite'), quantize, small.images)
     outputs = run_tflite(path, small.images)
     agreement = np.mean(outputs['logits'].argmax(1) == small.logits.argmax(1))

@@ -44,7 +44,8 @@ def test_short_training_learns(data_dir, tmp_path):
     assert status == 0, output
     history = stats(logdir)
     assert [epoch['global_step'] for epoch in history] == [STEPS_PER_EPOCH * (i + 1) for i in range(8)]
-    assert history[-1]['val-error-top1'] < 0.35          # chance is 0.75
+    assert min(epoch['val-error-top1'] for epoch in history) < 0.35     # chance is 0.75
+    assert history[-1]['val-error-top1'] < 0.5
     assert os.path.exists(os.path.join(logdir, 'min-val-error-top1.index'))
     assert 'Training done at global step 64' in output
 
@@ -88,7 +89,9 @@ def test_restart_needs_the_flag_and_keeps_the_old_run(data_dir, tmp_path):
 def test_fine_tuning_restores_all_but_the_classifier(tmp_path):
     data = write_sample_dataset(str(tmp_path / 'data'), num_classes=5, train_per_class=4,
                                 val_per_class=2, image_size=40)
-    source = write_random_checkpoint(str(tmp_path / 'imagenet' / 'model'), num_classes=1000)
+    training_state = ('global_step', 'learning_rate', 'MobileNetV2/Logits/Conv2d_1c_1x1/W/Momentum')
+    source = write_random_checkpoint(str(tmp_path / 'imagenet' / 'model'), num_classes=1000,
+                                     extra=training_state)     # as a training checkpoint has
     logdir = str(tmp_path / 'log')
     status, output = train('--data_dir', data, '--logdir', logdir, '--load', source, '--lr', '0',
                            '--epochs', '1', '--steps_per_epoch', '2', *SMALL)
@@ -99,8 +102,9 @@ def test_fine_tuning_restores_all_but_the_classifier(tmp_path):
     before = tf.train.load_checkpoint(source)
     after = tf.train.load_checkpoint(tf.train.latest_checkpoint(logdir))
     assert after.get_variable_to_shape_map()['MobileNetV2/Logits/Conv2d_1c_1x1/W'] == [1, 1, 1280, 5]
-    kept = [name for name in before.get_variable_to_shape_map()
-            if not name.startswith('MobileNetV2/Logits/') and not name.endswith('/EMA')]
+    assert after.get_tensor('global_step') == 2         # the source's step was not restored
+    kept = [name for name in before.get_variable_to_shape_map() if name not in training_state
+            and not name.startswith('MobileNetV2/Logits/') and not name.endswith('/EMA')]
     assert len(kept) == 271        # 435 released variables less 81 x 2 batch-norm EMAs and the classifier
     for name in kept:           # learning rate 0: what was restored is still there
         np.testing.assert_array_equal(after.get_tensor(name), before.get_tensor(name), err_msg=name)
