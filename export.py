@@ -314,9 +314,6 @@ def predict(model, checkpoint, paths, meta_dir=None):
     predictor = OfflinePredictor(PredictConfig(
         model=model, session_init=CheckedInit(checkpoint), input_names=['input'], output_names=['prob']))
     names = class_names(meta_dir, model.num_classes)
-    results = []
-    for path, image in zip(paths, images):
-        probabilities = predictor(image[np.newaxis])[0][0]
-        results.append((path, [(int(c), names[c], float(probabilities[c]))
-                               for c in np.argsort(-probabilities)[:5]]))
-    return results
+    probabilities, = predictor(images)
+    return [(path, [(int(c), names[c], float(p[c])) for c in np.argsort(-p)[:5]])
+            for path, p in zip(paths, probabilities)]

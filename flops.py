@@ -4,6 +4,7 @@ import collections
 import compat  # noqa: F401  (must come before TensorFlow)
 import numpy as np
 import tensorflow as tf
+from tensorpack.tfutils.tower import TowerContext
 
 tfv1 = tf.compat.v1
 
@@ -12,6 +13,14 @@ LayerCost = collections.namedtuple('LayerCost', 'name op output_shape params mul
 # Ops that multiply-add: for each output element, one per kernel tap over the input channels
 # it sees (all of them for a conv, one for a depthwise conv).
 COUNTED_OPS = ('Conv2D', 'DepthwiseConv2dNative', 'MatMul')
+
+
+def inference_graph(model):
+    """`model`'s network on one image of its input size, in a new graph, for counting."""
+    with tf.Graph().as_default() as graph, TowerContext('', is_training=False):
+        size = model.image_shape
+        model.get_logits(model.image_preprocess(tfv1.placeholder(tf.float32, [1, size, size, 3], 'input')))
+    return graph
 
 
 def kernel_variable_name(op):

@@ -18,7 +18,6 @@ from tensorpack.callbacks import (Callback, ClassificationError, DataParallelInf
                                   EstimatedTimeLeft, InferenceRunner, MinSaver, ModelSaver,
                                   PeriodicTrigger)
 from tensorpack.dataflow import FakeData
-from tensorpack.tfutils.tower import TowerContext
 from tensorpack.utils import logger
 
 import export
@@ -29,7 +28,6 @@ from imagenet_utils import (BadImageLog, CheckedInit, CheckpointError, DataError
                             list_train_images, list_val_images, read_synsets)
 from sample_data import write_sample_dataset
 
-tfv1 = tf.compat.v1
 
 IMAGENET_CLASSES = 1000
 DEMO_DIR = './demo_data'
@@ -337,13 +335,11 @@ def run_export_or_predict(args):
 
 def print_flops(args):
     """Build the network at batch 1 and print its layers, parameters and multiply-adds."""
-    model = build_model(args, IMAGENET_CLASSES)
-    with tf.Graph().as_default() as graph, TowerContext('', is_training=False):
-        image = tfv1.placeholder(tf.float32, [1, args.image_size, args.image_size, 3], 'input')
-        model.get_logits(model.image_preprocess(image))
-    print(tabulate(flops.layer_table(graph), intfmt=',',
-                   headers=['layer', 'op', 'output shape', 'params', 'multiply-adds']))
-    multiply_adds, profiled = flops.total_multiply_adds(graph), flops.profiler_flops(graph)
+    graph = flops.inference_graph(build_model(args, IMAGENET_CLASSES))
+    table = flops.layer_table(graph)
+    print(tabulate(table, intfmt=',', headers=['layer', 'op', 'output shape', 'params', 'multiply-adds']))
+    multiply_adds = sum(row.multiply_adds for row in table)
+    profiled = flops.profiler_flops(graph)
     print('Total: {:,} parameters, {:,} multiply-adds ({:.0f}M, a multiply-add counted once as in '
           'the paper: convolutions, depthwise convolutions, SE and classifier).'.format(
               flops.total_params(graph), multiply_adds, multiply_adds / 1e6))

@@ -18,14 +18,12 @@ import compat  # noqa: E402,F401  (must come before TensorFlow)
 import tensorflow as tf  # noqa: E402
 from matplotlib.colors import to_rgba  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from tensorpack.tfutils.tower import TowerContext  # noqa: E402
 from tensorpack.utils import logger  # noqa: E402
 
 import flops  # noqa: E402
 from bench import GHOSTNET_WIDTHS, KERAS_MODELS, NUM_CLASSES  # noqa: E402
 from ghostnet import GhostNet  # noqa: E402
 
-tfv1 = tf.compat.v1
 
 PANELS = {'graph': 'tensorpack / tf.keras graph', 'savedmodel': 'SavedModel', 'tflite': 'TFLite'}
 FAMILIES = {  # legend label, colour, marker, models in plotting order
@@ -43,10 +41,7 @@ PAPER_MADDS_M = {'ghostnet-0.5': 42, 'ghostnet-1.0': 141, 'ghostnet-1.3': 226,
 def ghostnet_multiply_adds(width, image_size):
     """Multiply-adds of GhostNet at `width` on one image, counted on its tensorpack graph."""
     model = GhostNet(NUM_CLASSES, width, image_shape=image_size)
-    with tf.Graph().as_default() as graph, TowerContext('', is_training=False):
-        image = tfv1.placeholder(tf.float32, [1, image_size, image_size, 3], 'input')
-        model.get_logits(model.image_preprocess(image))
-    return flops.total_multiply_adds(graph)
+    return flops.total_multiply_adds(flops.inference_graph(model))
 
 
 def keras_multiply_adds(constructor, image_size):
