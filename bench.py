@@ -364,7 +364,7 @@ def parse_args(argv=None):
     parser.add_argument('--image-size', type=int, default=224)
     parser.add_argument('--profile', action='store_true',
                         help='add per-op-type time of the graph path at the large batch')
-    parser.add_argument('--out', default='bench_results', help='writes OUT.md and OUT.json')
+    parser.add_argument('--out', default='results/bench_results', help='writes OUT.md and OUT.json')
     args = parser.parse_args(argv)
     if args.batch < 2:
         parser.error('--batch must be at least 2 (batch 1 is always timed for latency)')

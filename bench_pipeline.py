@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Where the time goes in evaluation and training on this machine: the data pipeline or the model.
 
-    python bench_pipeline.py [--width_ratio 1.0] [--image_size 224] [--batch 32] [--out bench_pipeline]
+    python bench_pipeline.py [--width_ratio 1.0] [--image_size 224] [--batch 32] [--out results/bench_pipeline]
 
 Writes a sample of ImageNet-sized JPEGs (shorter side about 300-500 px) to a temporary folder and
 measures, in images per second:
@@ -25,8 +25,8 @@ from tensorpack.predict import OfflinePredictor, PredictConfig
 
 from bench import machine
 from ghostnet import GhostNet
-from imagenet_utils import (BadImageLog, get_train_dataflow, get_val_dataflow, list_train_images,
-                            list_val_images)
+from callbacks import BadImageLog
+from imagenet_utils import get_train_dataflow, get_val_dataflow, list_train_images, list_val_images
 from sample_data import write_sample_dataset
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -138,7 +138,7 @@ def parse_args(argv=None):
     parser.add_argument('--workers', type=int, default=os.cpu_count() or 1)
     parser.add_argument('--images', type=int, default=320, help='JPEGs written per split')
     parser.add_argument('--train_steps', type=int, default=8, help='timed training steps')
-    parser.add_argument('--out', default='bench_pipeline', help='writes OUT.md and OUT.json')
+    parser.add_argument('--out', default='results/bench_pipeline', help='writes OUT.md and OUT.json')
     return parser.parse_args(argv)
 
 

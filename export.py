@@ -17,9 +17,9 @@ from tensorpack.tfutils.varmanip import load_checkpoint_vars
 from tensorpack.utils import logger
 
 from ghostnet import GhostNet, bottleneck_plan
-from imagenet_utils import (IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, CheckedInit, CheckpointError, DataError,
-                            check_checkpoint, checkpoint_mismatch_message, checkpoint_shapes,
-                            checkpoint_variables, decode_image, eval_augmentor, resolve_checkpoint)
+from checkpoint import (CheckedInit, CheckpointError, check_checkpoint, checkpoint_mismatch_message,
+                        checkpoint_shapes, checkpoint_variables, resolve_checkpoint)
+from imagenet_utils import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, DataError, decode_image, eval_augmentor
 
 tfv1 = tf.compat.v1
 

@@ -2,29 +2,20 @@
 import collections
 import concurrent.futures
 import functools
-import glob
-import math
 import os
-import re
 import threading
 import time
-import zipfile
 
 import compat  # noqa: F401  (must come before TensorFlow)
 import cv2
 import numpy as np
 import tensorflow as tf
 from tensorpack import ModelDesc
-from tensorpack.callbacks import Callback, HyperParamSetter
 from tensorpack.dataflow import (BatchData, DataFromList, MapData, MultiProcessMapDataZMQ,
                                  ProxyDataFlow, imgaug)
 from tensorpack.models import regularize_cost
 from tensorpack.predict import MultiTowerOfflinePredictor, OfflinePredictor, PredictConfig
-from tensorpack.tfutils.sessinit import SessionInit, SmartInit
 from tensorpack.tfutils.summary import add_moving_summary
-from tensorpack.tfutils.varmanip import load_checkpoint_vars
-from tensorpack.train import StopTraining
-from tensorpack.utils import logger
 from tensorpack.utils.utils import get_tqdm
 
 tfv1 = tf.compat.v1
@@ -99,10 +90,6 @@ class ImageNetModel(ModelDesc):
 
 class DataError(Exception):
     """Input data that can not be used as given; the message names the path and the fix."""
-
-
-class CheckpointError(Exception):
-    """A checkpoint that is absent or does not fit the model; the message says which variables."""
 
 
 def read_synsets(meta_dir):
@@ -231,65 +218,6 @@ def train_augmentor(image_size=224, min_crop_area=0.08):
     ])
 
 
-class BadImageLog(Callback):
-    """Counts and names the training images that could not be decoded; logs them every epoch."""
-
-    def __init__(self):
-        self.names = []
-        self._logged = 0
-
-    def filter(self, datapoint):
-        """The datapoint, or None (logged) for the [path, -1] that a worker sends for a bad image."""
-        if datapoint[1] >= 0:
-            return datapoint
-        logger.warn('Skipped a training image that could not be decoded: {}'.format(datapoint[0]))
-        self.names.append(datapoint[0])
-        return None
-
-    def _trigger_epoch(self):
-        self.trainer.monitors.put_scalar('bad_images', len(self.names) - self._logged)
-        self._logged = len(self.names)
-
-
-class WarmupCosineSchedule(HyperParamSetter):
-    """The learning rate at every step: linear warm-up to `base_lr`, then cosine decay to zero."""
-
-    def __init__(self, base_lr, warmup_steps, total_steps):
-        super().__init__('learning_rate')
-        self.base_lr, self.warmup_steps, self.total_steps = base_lr, warmup_steps, total_steps
-
-    def value_at(self, step):
-        if step < self.warmup_steps:
-            return self.base_lr * step / self.warmup_steps
-        progress = min((step - self.warmup_steps) / max(self.total_steps - self.warmup_steps, 1), 1.)
-        return 0.5 * self.base_lr * (1 + math.cos(math.pi * progress))
-
-    def _get_value_to_set(self):
-        return self.value_at(self.global_step)
-
-    def _trigger_step(self):
-        self._set_param()
-
-
-class StopOnNonFiniteLoss(Callback):
-    """Stops training at the first step whose total cost is NaN or infinite, before any later checkpoint."""
-
-    _chief_only = False
-    bad_step = None
-
-    def _setup_graph(self):
-        self._cost = self.get_tensors_maybe_in_tower(['cost:0'])[0]
-
-    def _before_run(self, ctx):
-        return tfv1.train.SessionRunArgs(fetches=self._cost)
-
-    def _after_run(self, ctx, run_values):
-        cost = run_values.results
-        if not np.isfinite(cost):
-            self.bad_step = self.global_step
-            raise StopTraining('the total cost is {} at global step {}'.format(cost, self.global_step))
-
-
 def _load_train_example(augmentor, example):
     """[augmented image, label], or [path, -1] when the image can not be decoded."""
     path, label = example
@@ -412,115 +340,3 @@ def _run_tower(predictor, batches, lock, totals, bar):
             bar.update()
 
 
-def checkpoint_variables(graph=None):
-    """The variables a checkpoint must provide: trainable ones and batch-norm `mean/EMA`, `variance/EMA`.
-
-    Bookkeeping variables such as `global_step`, `learning_rate` and optimizer slots are not among them.
-    """
-    graph = graph or tfv1.get_default_graph()
-    trainable = set(graph.get_collection(tfv1.GraphKeys.TRAINABLE_VARIABLES))
-    return sorted((v for v in graph.get_collection(tfv1.GraphKeys.GLOBAL_VARIABLES)
-                   if v in trainable or re.search('/(mean|variance)/EMA$', v.op.name)),
-                  key=lambda v: v.op.name)
-
-
-def resolve_checkpoint(path):
-    """A `--load` value (checkpoint prefix, training log directory, or .npz) as a loadable path."""
-    if path.endswith('.npz'):
-        if not os.path.isfile(path):
-            raise CheckpointError('{} does not exist'.format(path))
-        return path
-    if os.path.isdir(path):
-        latest = tf.train.latest_checkpoint(path)
-        if latest is None:
-            raise CheckpointError('{} is a directory without a checkpoint (no "checkpoint" file '
-                                  'naming an existing model-*.index)'.format(path))
-        return latest
-    prefix = re.sub(r'\.(index|data-\d+-of-\d+)$', '', path)
-    if not os.path.isfile(prefix + '.index'):
-        raise CheckpointError('{}.index does not exist: --load takes a checkpoint prefix (the released '
-                              'one: python models/download.py, then --load=./models/ghostnet_checkpoint), '
-                              'a training log directory or a .npz file'.format(prefix))
-    if not glob.glob(glob.escape(prefix) + '.data-*'):
-        raise CheckpointError('{}.index has no {}.data-* file beside it: get both files (python '
-                              'models/download.py for the released checkpoint)'.format(prefix, prefix))
-    return prefix
-
-
-def checkpoint_shapes(path):
-    """{variable name: shape} stored in a TF checkpoint (prefix) or a tensorpack .npz."""
-    try:
-        if path.endswith('.npz'):
-            with np.load(path) as arrays:
-                return {re.sub(':0$', '', name): list(arrays[name].shape) for name in arrays.files}
-        return tf.train.load_checkpoint(path).get_variable_to_shape_map()
-    except (OSError, ValueError, zipfile.BadZipFile, tf.errors.OpError) as e:
-        raise CheckpointError('{}: not a readable checkpoint: {}'.format(path, e)) from None
-
-
-def check_checkpoint(path, model_variables):
-    """(missing names, [(name, checkpoint shape, model shape)]) of `model_variables` in a checkpoint."""
-    stored = checkpoint_shapes(path)
-    missing, mismatched = [], []
-    for variable in model_variables:
-        name, shape = variable.op.name, variable.shape.as_list()
-        if name not in stored:
-            missing.append(name)
-        elif list(stored[name]) != shape:
-            mismatched.append((name, list(stored[name]), shape))
-    return missing, mismatched
-
-
-def checkpoint_mismatch_message(path, missing, mismatched, num_shown=10):
-    """The error text for `check_checkpoint` results: what is missing and what has another shape."""
-    lines = ['checkpoint {} does not fit the model (its width, SE, codes or number of classes '
-             'differ):'.format(path)]
-    if missing:
-        lines.append('  missing from the checkpoint ({}): {}'.format(
-            len(missing), ', '.join(missing[:num_shown])))
-    if mismatched:
-        lines.append('  with another shape ({}):'.format(len(mismatched)))
-        lines += ['    {}: checkpoint {}, model {}'.format(*m) for m in mismatched[:num_shown]]
-    if max(len(missing), len(mismatched)) > num_shown:
-        lines.append('  (first {} of each shown)'.format(num_shown))
-    return '\n'.join(lines)
-
-
-class CheckedInit(SessionInit):
-    """Restores the model's weights from a checkpoint that holds every one of them, shapes equal.
-
-    Only `checkpoint_variables()` are restored: a training checkpoint's global step, learning
-    rate and optimizer slots are not (resuming is AutoResumeTrainConfig's job). With
-    `fine_tune_scope`, variables under that scope whose shapes differ (a classifier for another
-    number of classes) keep their initial values instead, and the log lists them.
-    """
-
-    def __init__(self, path, fine_tune_scope=None):
-        self.path = resolve_checkpoint(path)
-        self.fine_tune_scope = fine_tune_scope
-
-    def _setup_graph(self):
-        variables = checkpoint_variables()
-        missing, mismatched = check_checkpoint(self.path, variables)
-        skipped = [m for m in mismatched
-                   if self.fine_tune_scope and m[0].startswith(self.fine_tune_scope + '/')]
-        mismatched = [m for m in mismatched if m not in skipped]
-        if missing or mismatched:
-            raise CheckpointError(checkpoint_mismatch_message(self.path, missing, mismatched))
-        if skipped:
-            logger.info('Fine-tuning from {}: not restoring {}'.format(self.path, '; '.join(
-                '{} (checkpoint {}, model {})'.format(*m) for m in skipped)))
-        restored = {v.op.name for v in variables} - {name for name, _, _ in skipped}
-        self._init = SmartInit(self._values(restored))
-        self._init._setup_graph()
-
-    def _values(self, names):
-        """The checkpoint's {variable name: value} of `names`."""
-        values = dict(np.load(self.path)) if self.path.endswith('.npz') else load_checkpoint_vars(self.path)
-        return {k: v for k, v in values.items() if re.sub(':0$', '', k) in names}
-
-    def _run_init(self, sess):
-        try:
-            self._init._run_init(sess)
-        except tf.errors.OpError as e:
-            raise CheckpointError('{}: restoring failed: {}'.format(self.path, e.message)) from None

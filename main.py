@@ -14,7 +14,7 @@ import tensorflow as tf
 from tabulate import tabulate
 from tensorpack import (AutoResumeTrainConfig, HorovodTrainer, QueueInput, SimpleTrainer,
                         SyncMultiGPUTrainerReplicated, TrainConfig, launch_train_with_config)
-from tensorpack.callbacks import (Callback, ClassificationError, DataParallelInferenceRunner,
+from tensorpack.callbacks import (ClassificationError, DataParallelInferenceRunner,
                                   EstimatedTimeLeft, InferenceRunner, MinSaver, ModelSaver,
                                   PeriodicTrigger)
 from tensorpack.dataflow import FakeData
@@ -23,9 +23,10 @@ from tensorpack.utils import logger
 import export
 import flops
 from ghostnet import GhostNet, add_model_arguments, check_model_arguments
-from imagenet_utils import (BadImageLog, CheckedInit, CheckpointError, DataError, StopOnNonFiniteLoss,
-                            WarmupCosineSchedule, evaluate, get_train_dataflow, get_val_dataflow,
-                            list_train_images, list_val_images, read_synsets)
+from callbacks import BadImageLog, StartAfterBroadcastStep, StopOnNonFiniteLoss, WarmupCosineSchedule
+from checkpoint import CheckedInit, CheckpointError
+from imagenet_utils import (DataError, evaluate, get_train_dataflow, get_val_dataflow, list_train_images,
+                            list_val_images, read_synsets)
 from sample_data import write_sample_dataset
 
 
@@ -186,19 +187,6 @@ def run_eval(args):
     print('Evaluated {} images in {:.1f} s ({:.1f} images/s)'.format(count, seconds, count / seconds))
     print('Top1 Error: {}'.format(top1))
     print('Top5 Error: {}'.format(top5))
-
-
-class StartAfterBroadcastStep(Callback):
-    """Horovod: every rank starts at the epoch after the global step that rank 0 broadcast.
-
-    The other ranks may not see rank 0's --logdir (another machine): an epoch read there could
-    differ from rank 0's, and the ranks would run different numbers of steps.
-    """
-    _chief_only = False
-
-    def _before_train(self):
-        loop = self.trainer.loop   # HorovodTrainer.initialize has broadcast rank 0's global step
-        loop.config(loop.steps_per_epoch, self.global_step // loop.steps_per_epoch + 1, loop.max_epoch)
 
 
 def get_trainer(args, towers):

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Figure: batch-1 latency against multiply-adds of GhostNet and MobileNetV3, from a bench.py JSON.
 
-    python fig/latency_vs_madds.py --bench bench_results.json --out fig/latency_vs_madds.png
+    python fig/latency_vs_madds.py --bench results/bench_results.json --out fig/latency_vs_madds.png
 
 One panel per inference path (tensorpack graph, SavedModel, TFLite); a marker at the median
 latency, a bar down to the best. Multiply-adds are counted by flops.py at the benchmark's input
@@ -134,7 +134,7 @@ def plot(report, madds_m, out):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--bench', default='bench_results.json', help='a bench.py JSON report')
+    parser.add_argument('--bench', default='results/bench_results.json', help='a bench.py JSON report')
     parser.add_argument('--out', default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                       'latency_vs_madds.png'))
     return parser.parse_args(argv)

@@ -12,8 +12,8 @@ from conftest import (ROOT, SAMPLE, SMALL_IMAGE_SIZE, SMALL_WIDTH, build_inferen
                       write_random_checkpoint)
 
 import main
-from imagenet_utils import (CheckedInit, check_checkpoint, checkpoint_variables, decode_image, eval_augmentor,
-                            evaluate, get_val_dataflow, list_val_images)
+from checkpoint import CheckedInit, check_checkpoint, checkpoint_variables
+from imagenet_utils import decode_image, eval_augmentor, evaluate, get_val_dataflow, list_val_images
 
 tfv1 = tf.compat.v1
 SMALL = ['--width_ratio', str(SMALL_WIDTH), '--image_size', str(SMALL_IMAGE_SIZE), '--batch', '5',

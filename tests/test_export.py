@@ -12,7 +12,8 @@ from tensorpack.tfutils.tower import TowerContext
 
 import export
 from ghostnet import HEAD_CHANNELS, GhostNet
-from imagenet_utils import CheckpointError, DataError
+from checkpoint import CheckpointError
+from imagenet_utils import DataError
 
 tfv1 = tf.compat.v1
 pytestmark = pytest.mark.filterwarnings('ignore:.*tf.lite.Interpreter is deprecated:UserWarning')

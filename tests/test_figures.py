@@ -12,7 +12,7 @@ import tensorflow as tf  # noqa: E402
 from tensorpack.tfutils.tower import TowerContext  # noqa: E402
 
 from ghostnet import GhostNet  # noqa: E402
-from imagenet_utils import CheckedInit, checkpoint_variables  # noqa: E402
+from checkpoint import CheckedInit, checkpoint_variables  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'fig'))
 import ghost_feature_maps  # noqa: E402

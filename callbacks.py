@@ -1,0 +1,85 @@
+"""Training callbacks: the learning-rate schedules, the NaN stop, the bad-image log, Horovod's start."""
+import math
+
+import compat  # noqa: F401  (must come before TensorFlow)
+import numpy as np
+import tensorflow as tf
+from tensorpack.callbacks import Callback, HyperParamSetter
+from tensorpack.train import StopTraining
+from tensorpack.utils import logger
+
+tfv1 = tf.compat.v1
+
+
+class BadImageLog(Callback):
+    """Counts and names the training images that could not be decoded; logs them every epoch."""
+
+    def __init__(self):
+        self.names = []
+        self._logged = 0
+
+    def filter(self, datapoint):
+        """The datapoint, or None (logged) for the [path, -1] that a worker sends for a bad image."""
+        if datapoint[1] >= 0:
+            return datapoint
+        logger.warn('Skipped a training image that could not be decoded: {}'.format(datapoint[0]))
+        self.names.append(datapoint[0])
+        return None
+
+    def _trigger_epoch(self):
+        self.trainer.monitors.put_scalar('bad_images', len(self.names) - self._logged)
+        self._logged = len(self.names)
+
+
+class WarmupCosineSchedule(HyperParamSetter):
+    """The learning rate at every step: linear warm-up to `base_lr`, then cosine decay to zero."""
+
+    def __init__(self, base_lr, warmup_steps, total_steps):
+        super().__init__('learning_rate')
+        self.base_lr, self.warmup_steps, self.total_steps = base_lr, warmup_steps, total_steps
+
+    def value_at(self, step):
+        if step < self.warmup_steps:
+            return self.base_lr * step / self.warmup_steps
+        progress = min((step - self.warmup_steps) / max(self.total_steps - self.warmup_steps, 1), 1.)
+        return 0.5 * self.base_lr * (1 + math.cos(math.pi * progress))
+
+    def _get_value_to_set(self):
+        return self.value_at(self.global_step)
+
+    def _trigger_step(self):
+        self._set_param()
+
+
+class StopOnNonFiniteLoss(Callback):
+    """Stops training at the first step whose total cost is NaN or infinite, before any later checkpoint."""
+
+    _chief_only = False
+    bad_step = None
+
+    def _setup_graph(self):
+        self._cost = self.get_tensors_maybe_in_tower(['cost:0'])[0]
+
+    def _before_run(self, ctx):
+        return tfv1.train.SessionRunArgs(fetches=self._cost)
+
+    def _after_run(self, ctx, run_values):
+        cost = run_values.results
+        if not np.isfinite(cost):
+            self.bad_step = self.global_step
+            raise StopTraining('the total cost is {} at global step {}'.format(cost, self.global_step))
+
+
+
+
+class StartAfterBroadcastStep(Callback):
+    """Horovod: every rank starts at the epoch after the global step that rank 0 broadcast.
+
+    The other ranks may not see rank 0's --logdir (another machine): an epoch read there could
+    differ from rank 0's, and the ranks would run different numbers of steps.
+    """
+    _chief_only = False
+
+    def _before_train(self):
+        loop = self.trainer.loop   # HorovodTrainer.initialize has broadcast rank 0's global step
+        loop.config(loop.steps_per_epoch, self.global_step // loop.steps_per_epoch + 1, loop.max_epoch)
