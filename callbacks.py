@@ -31,24 +31,50 @@ class BadImageLog(Callback):
         self._logged = len(self.names)
 
 
-class WarmupCosineSchedule(HyperParamSetter):
-    """The learning rate at every step: linear warm-up to `base_lr`, then cosine decay to zero."""
+class StepwiseSchedule(HyperParamSetter):
+    """The learning rate set at every step to `value_at(global step)`: linear warm-up to `base_lr`, then
+    what the subclass's `decayed(step)` says."""
 
-    def __init__(self, base_lr, warmup_steps, total_steps):
+    def __init__(self, base_lr, warmup_steps):
         super().__init__('learning_rate')
-        self.base_lr, self.warmup_steps, self.total_steps = base_lr, warmup_steps, total_steps
+        self.base_lr, self.warmup_steps = base_lr, warmup_steps
 
     def value_at(self, step):
         if step < self.warmup_steps:
             return self.base_lr * step / self.warmup_steps
-        progress = min((step - self.warmup_steps) / max(self.total_steps - self.warmup_steps, 1), 1.)
-        return 0.5 * self.base_lr * (1 + math.cos(math.pi * progress))
+        return self.decayed(step)
+
+    def decayed(self, step):
+        raise NotImplementedError()
 
     def _get_value_to_set(self):
         return self.value_at(self.global_step)
 
     def _trigger_step(self):
         self._set_param()
+
+
+class WarmupCosineSchedule(StepwiseSchedule):
+    """Warm-up, then cosine decay to zero at `total_steps`."""
+
+    def __init__(self, base_lr, warmup_steps, total_steps):
+        super().__init__(base_lr, warmup_steps)
+        self.total_steps = total_steps
+
+    def decayed(self, step):
+        progress = min((step - self.warmup_steps) / max(self.total_steps - self.warmup_steps, 1), 1.)
+        return 0.5 * self.base_lr * (1 + math.cos(math.pi * progress))
+
+
+class WarmupStepSchedule(StepwiseSchedule):
+    """Warm-up, then `base_lr` divided by 10 at each of the global steps `boundaries`."""
+
+    def __init__(self, base_lr, warmup_steps, boundaries):
+        super().__init__(base_lr, warmup_steps)
+        self.boundaries = boundaries
+
+    def decayed(self, step):
+        return self.base_lr * 0.1 ** sum(step >= boundary for boundary in self.boundaries)
 
 
 class StopOnNonFiniteLoss(Callback):

@@ -23,14 +23,6 @@ def inference_graph(model):
     return graph
 
 
-def kernel_variable_name(op):
-    """Name of the variable behind the op's kernel input (through reads and identities)."""
-    tensor = op.inputs[1]
-    while tensor.op.type in ('Identity', 'ReadVariableOp'):
-        tensor = tensor.op.inputs[0]
-    return tensor.op.name
-
-
 def multiply_adds(op):
     """Multiply-adds of one conv, depthwise conv or matmul op with static shapes."""
     out_elements = int(np.prod(op.outputs[0].shape.as_list()))
@@ -43,13 +35,13 @@ def multiply_adds(op):
 
 
 def layer_table(graph):
-    """One LayerCost per counted op; a layer's params are the trainable variables in its scope."""
+    """One LayerCost per counted op; a layer's params are the trainable variables in the op's scope."""
     trainable = graph.get_collection(tfv1.GraphKeys.TRAINABLE_VARIABLES)
     rows = []
     for op in graph.get_operations():
         if op.type not in COUNTED_OPS:
             continue
-        scope = kernel_variable_name(op).rsplit('/', 1)[0]
+        scope = op.name.rsplit('/', 1)[0]
         params = sum(int(np.prod(v.shape.as_list())) for v in trainable
                      if v.op.name.startswith(scope + '/'))
         rows.append(LayerCost(scope, op.type, op.outputs[0].shape.as_list(), params, multiply_adds(op)))

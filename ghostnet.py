@@ -1,15 +1,13 @@
 """GhostNet (Han et al., CVPR 2020) built from Ghost modules, named as the released checkpoint."""
 import collections
-import contextlib
 
 import compat  # noqa: F401  (must come before TensorFlow)
 import tensorflow as tf
-from tensorpack.models import BatchNorm, Conv2D, Dropout
+from tensorpack.models import Dropout
 from tensorpack.tfutils.argscope import argscope
 
 from imagenet_utils import ImageNetModel
-from myconv2d import (BNNoReLU, BNReLU, DepthConv, GhostModule, SELayer, kernel_initializer,
-                      spatial_axes)
+from myconv2d import ConvBN, DepthConv, GhostModule, SELayer, spatial_axes
 
 tfv1 = tf.compat.v1
 
@@ -97,6 +95,7 @@ class GhostNet(ImageNetModel):
     """GhostNet on ImageNetModel; variables live under `MobileNetV2/` as in the released checkpoint."""
 
     scope = 'MobileNetV2'
+    classifier_bias = 'Logits/Conv2d_1c_1x1/b'
 
     def __init__(self, num_classes=1000, width=1.0, se=True, dw_code=None, ratio_code=None,
                  weight_decay=4e-5, dropout_keep_prob=0.8, label_smoothing=0.1,
@@ -125,22 +124,20 @@ class GhostNet(ImageNetModel):
         if spec.stride == 1 and in_channels == spec.out:
             shortcut = x
         else:
-            shortcut = DepthConv(name + '_shortcut_dw', x, spec.kernel, strides=spec.stride,
-                                 activation=BNNoReLU)
-            shortcut = Conv2D(name + '_shortcut_1x1', shortcut, out, 1, activation=BNNoReLU)
-        x = GhostModule(name + '_up_pointwise', x, hidden, activation=BNReLU, **ghost_args)
+            shortcut = DepthConv(name + '_shortcut_dw', x, spec.kernel, strides=spec.stride)
+            shortcut = ConvBN(name + '_shortcut_1x1', shortcut, out, 1, relu=False)
+        x = GhostModule(name + '_up_pointwise', x, hidden, **ghost_args)
         if spec.stride == 2:
-            x = DepthConv(name + '_depthwise', x, spec.kernel, strides=2, activation=BNNoReLU)
+            x = DepthConv(name + '_depthwise', x, spec.kernel, strides=2)
         if self.se and spec.se:
             x = SELayer(name + '_se', x)
-        x = GhostModule(name + '_down_pointwise', x, out, activation=BNNoReLU, **ghost_args)
+        x = GhostModule(name + '_down_pointwise', x, out, relu=False, **ghost_args)
         return tf.add(x, shortcut, name=name)
 
     def backbone(self, image):
         """Blocks Conv2d_0 .. Conv2d_16 on a preprocessed image; returns {block name: output}."""
         end_points = {}
-        x = Conv2D('Conv2d_0', image, scaled_channels(STEM_CHANNELS, self.width), 3, strides=2,
-                   activation=BNReLU)
+        x = ConvBN('Conv2d_0', image, scaled_channels(STEM_CHANNELS, self.width), 3, strides=2)
         end_points['Conv2d_0'] = x
         for plan in bottleneck_plan(self.width):
             x = self.bottleneck(*plan, x)
@@ -149,25 +146,21 @@ class GhostNet(ImageNetModel):
 
     def head(self, x, end_points):
         """Conv2d_17, global average pooling, Conv2d_18, dropout and the classifier."""
-        x = Conv2D('Conv2d_17', x, scaled_channels(LAST_CHANNELS, self.width), 1, activation=BNReLU)
+        x = ConvBN('Conv2d_17', x, scaled_channels(LAST_CHANNELS, self.width), 1)
         end_points['Conv2d_17'] = x
         x = tf.reduce_mean(x, spatial_axes(self.data_format), keepdims=True, name='global_pool')
         end_points['global_pool'] = x
-        x = Conv2D('Conv2d_18', x, HEAD_CHANNELS, 1, activation=BNReLU)
+        x = ConvBN('Conv2d_18', x, HEAD_CHANNELS, 1)
         end_points['Conv2d_18'] = x
         with tfv1.variable_scope('Logits'):
             x = Dropout('Dropout', x, rate=1 - self.dropout_keep_prob)
-            x = Conv2D('Conv2d_1c_1x1', x, self.num_classes, 1, use_bias=True)
+            x = ConvBN('Conv2d_1c_1x1', x, self.num_classes, 1, bn=False, relu=False, use_bias=True)
         end_points['Logits'] = tf.squeeze(x, spatial_axes(self.data_format))
         return end_points['Logits']
 
-    @contextlib.contextmanager
     def layer_defaults(self):
-        """The data format everywhere; convs without bias and with the He initializer."""
-        with argscope([BatchNorm, Conv2D, DepthConv, GhostModule, SELayer],
-                      data_format=self.data_format), \
-                argscope(Conv2D, use_bias=False, kernel_initializer=kernel_initializer()):
-            yield
+        """The data format in every layer."""
+        return argscope([ConvBN, DepthConv, GhostModule, SELayer], data_format=self.data_format)
 
     def get_logits(self, image):
         with tfv1.variable_scope(self.scope), self.layer_defaults():

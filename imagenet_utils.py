@@ -26,14 +26,26 @@ IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
 
 
 class ImageNetModel(ModelDesc):
-    """A classifier on BGR uint8-range images; subclasses define `get_logits`."""
+    """A classifier on BGR uint8-range images; subclasses define `get_logits`, `scope` and `classifier_bias`.
 
+    Its variables live under `scope`, the classifier's under `scope/Logits` (fine-tuning skips them when
+    the number of classes differs); `scope/classifier_bias` has one value per class.
+    """
+
+    scope = None
+    classifier_bias = None
     image_shape = 224
+    mean_rgb, std_rgb = IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
     data_format = 'NHWC'
     num_classes = 1000
     weight_decay = 4e-5
     weight_decay_pattern = '/W'   # kernels; not the cheap ops' `DW`, biases or batch norm
     label_smoothing = 0.1
+    nesterov = True
+
+    @property
+    def classifier_scope(self):
+        return self.scope + '/Logits'
 
     def inputs(self):
         return [tf.TensorSpec([None, self.image_shape, self.image_shape, 3], tf.float32, 'input'),
@@ -50,6 +62,10 @@ class ImageNetModel(ModelDesc):
         add_moving_summary(loss, wd_cost, total_cost)
         return total_cost
 
+    def file_augmentor(self):
+        """An image file (decoded BGR) to the network's input size, as evaluation preprocesses it."""
+        return eval_augmentor(self.image_shape)
+
     def get_logits(self, image):
         """The network: a preprocessed image in `self.data_format` to [batch, num_classes] logits."""
         raise NotImplementedError()
@@ -57,8 +73,8 @@ class ImageNetModel(ModelDesc):
     def image_preprocess(self, image):
         """[0, 255] BGR NHWC to normalized BGR in `self.data_format`."""
         with tf.name_scope('image_preprocess'):
-            mean = tf.constant(IMAGENET_MEAN_RGB[::-1], tf.float32)
-            std = tf.constant(IMAGENET_STD_RGB[::-1], tf.float32)
+            mean = tf.constant(self.mean_rgb[::-1], tf.float32)
+            std = tf.constant(self.std_rgb[::-1], tf.float32)
             image = (image * (1.0 / 255) - mean) / std
             if self.data_format in ('NCHW', 'channels_first'):
                 image = tf.transpose(image, [0, 3, 1, 2])
@@ -82,7 +98,7 @@ class ImageNetModel(ModelDesc):
     def optimizer(self):
         lr = tfv1.get_variable('learning_rate', initializer=0.1, trainable=False)
         tfv1.summary.scalar('learning_rate-summary', lr)
-        return tfv1.train.MomentumOptimizer(lr, 0.9, use_nesterov=True)
+        return tfv1.train.MomentumOptimizer(lr, 0.9, use_nesterov=self.nesterov)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,10 +1,13 @@
 #!/usr/bin/env python
-"""GhostNet on ImageNet with tensorpack: training, evaluation (--eval), a FLOPs table (--flops), a demo.
+"""GhostNet, and the Ghost module plugged into ResNet-50, VGG-16 and ResNet-56, with tensorpack:
+training, evaluation (--eval), prediction, export, a FLOPs table (--flops), a demo.
 
     python main.py --data_dir=/path/to/imagenet/dir/ --logdir train_log/ghostnet    # train
     python main.py --eval --data_dir=/path/to/imagenet/dir/ --load=./models/ghostnet_checkpoint
+    python main.py --arch ghost-vgg16 --data_dir=/path/to/cifar-10-batches-py      # CIFAR-10
 """
 import argparse
+import fractions
 import gc
 import os
 import sys
@@ -22,17 +25,19 @@ from tensorpack.utils import logger
 
 import export
 import flops
-from ghostnet import GhostNet, add_model_arguments, check_model_arguments
-from callbacks import BadImageLog, StartAfterBroadcastStep, StopOnNonFiniteLoss, WarmupCosineSchedule
+from ghostnet import add_model_arguments, check_model_arguments
+import cifar
+from callbacks import (BadImageLog, StartAfterBroadcastStep, StopOnNonFiniteLoss, WarmupCosineSchedule,
+                       WarmupStepSchedule)
 from checkpoint import CheckedInit, CheckpointError
 from imagenet_utils import (DataError, evaluate, get_train_dataflow, get_val_dataflow, list_train_images,
                             list_val_images, read_synsets)
+from networks import ARCHITECTURES, CIFAR10, DATASET_CLASSES, build_model
 from sample_data import write_sample_dataset
 
 
-IMAGENET_CLASSES = 1000
 DEMO_DIR = './demo_data'
-TRAIN_BATCH, EVAL_BATCH = 1024, 256
+EVAL_BATCH = 256
 # --demo trains briefly on its small sample: defaults that flags given on the command line override
 DEMO_DEFAULTS = dict(image_size=64, batch=32, epochs=10, lr=0.4, warmup_epochs=1)
 
@@ -47,8 +52,10 @@ class TrainingDiverged(Exception):
 
 def get_parser():
     """The command line: the released CLI's flags, and those for training, prediction, export and the demo."""
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = argparse.ArgumentParser(description=__doc__, epilog=architecture_list(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--arch', choices=list(ARCHITECTURES), default='ghostnet',
+                        help='the network, one of those listed below (default %(default)s)')
     parser.add_argument('--eval', action='store_true', help='report top-1/top-5 error on val/')
     parser.add_argument('--flops', action='store_true',
                         help='print the layers with parameters and multiply-adds, then exit')
@@ -66,7 +73,8 @@ def get_parser():
                              '(int8, calibrated on --representative) in 8 bits')
     parser.add_argument('--representative', metavar='DIR', help='images to calibrate int8 on')
     parser.add_argument('--data_dir', help='ImageNet directory: val/ (flat or in <wnid>/ subfolders), '
-                                           'train/, caffe_ilsvrc12/')
+                                           'train/, caffe_ilsvrc12/; CIFAR-10 networks: '
+                                           'cifar-10-batches-py/ or the folder holding it')
     parser.add_argument('--meta_dir', help='caffe ilsvrc12 metadata (synsets.txt, val.txt, ...); '
                                            'default DATA_DIR/caffe_ilsvrc12')
     parser.add_argument('--load', help='weights: a TF checkpoint prefix, a training log directory '
@@ -75,36 +83,46 @@ def get_parser():
     parser.add_argument('--gpu', help='comma-separated GPU ids to use (CUDA_VISIBLE_DEVICES); '
                                       'default: all visible. Evaluation runs one tower per GPU')
     parser.add_argument('--batch', type=int,
-                        help='total batch size over all GPUs and machines (default: {} for training, '
-                             '{} for evaluation)'.format(TRAIN_BATCH, EVAL_BATCH))
+                        help='total batch size over all GPUs and machines (default: the --arch recipe\'s '
+                             'for training, {} for evaluation)'.format(EVAL_BATCH))
     parser.add_argument('--data-format', choices=['NHWC', 'NCHW'], default='NHWC',
                         help='layout inside the network (NCHW needs a GPU)')
-    parser.add_argument('--image_size', type=int, default=224,
-                        help='center crop size S; the shorter edge is first resized to int(S*256/224)')
+    parser.add_argument('--image_size', type=int,
+                        help='ImageNet: center crop size S (default 224); the shorter edge is first resized '
+                             'to int(S*256/224). CIFAR-10: 32')
     add_model_arguments(parser)
+    parser.add_argument('--ratio', type=int, help='ghost-* networks: ratio s of every Ghost module (default 2)')
+    parser.add_argument('--dw', type=int,
+                        help='ghost-* networks: kernel size d of every cheap depthwise operation (default 3)')
     parser.add_argument('--workers', type=int, default=os.cpu_count() or 1,
                         help='threads (evaluation) or processes (training) decoding images '
                              '(default: the CPU count, %(default)s)')
-    train = parser.add_argument_group('training (the default mode), with the paper\'s recipe')
-    train.add_argument('--logdir', help='checkpoints and logs (default train_log/ghostnet-<width>); '
+    train = parser.add_argument_group(
+        'training (the default mode)', 'each network\'s recipe gives the defaults (logged at start); '
+        'flags override them')
+    train.add_argument('--logdir', help='checkpoints and logs (default train_log/<arch>[-<width>][-s<ratio>-d<dw>]); '
                                         'training resumes from the latest checkpoint there')
     train.add_argument('--restart', action='store_true',
                        help='start afresh although --logdir holds a run (it is moved aside, not deleted)')
-    train.add_argument('--epochs', type=int, default=400, help='(default %(default)s)')
+    train.add_argument('--epochs', type=int, help='(ghostnet 400, resnet50 90, CIFAR-10 164)')
     train.add_argument('--steps_per_epoch', type=int,
                        help='default: the training images over the total batch')
-    train.add_argument('--lr', type=float, default=0.1,
-                       help='learning rate per 256 images, scaled linearly to --batch (default %(default)s)')
-    train.add_argument('--warmup_epochs', type=float, default=5,
-                       help='linear warm-up, then cosine decay to zero (default %(default)s)')
-    train.add_argument('--weight_decay', type=float, default=4e-5,
-                       help='L2 on the kernels named .../W (default %(default)s)')
-    train.add_argument('--label_smoothing', type=float, default=0.1, help='(default %(default)s)')
-    train.add_argument('--dropout_keep_prob', type=float, default=0.8, help='before the classifier '
-                                                                             '(default %(default)s)')
+    train.add_argument('--lr', type=float, help='learning rate per 256 images, scaled linearly to --batch '
+                                                '(0.1; CIFAR-10 0.2, which is 0.1 at batch 128)')
+    train.add_argument('--lr_schedule', choices=['cosine', 'step'],
+                       help='after the warm-up: cosine decay to zero (ghostnet) or division by 10 at '
+                            '--lr_decay_at (the others)')
+    train.add_argument('--lr_decay_at', help='step schedule: fractions of training where the learning rate is '
+                                             'divided by 10 (resnet50 1/3,2/3; CIFAR-10 1/2,3/4)')
+    train.add_argument('--warmup_epochs', type=float, help='linear warm-up (ghostnet 5, the others 0)')
+    train.add_argument('--weight_decay', type=float,
+                       help='L2 on the kernels (ghostnet 4e-5 on .../W only; the others 1e-4)')
+    train.add_argument('--label_smoothing', type=float, help='(ghostnet 0.1, the others 0)')
+    train.add_argument('--dropout_keep_prob', type=float,
+                       help='before the classifier (ghostnet 0.8, vgg16 0.5, the others 1)')
     train.add_argument('--min_crop_area', type=float,
-                       help='smallest random crop, as a fraction of the image (default 0.08; 0.49 for '
-                            '--width_ratio below 1)')
+                       help='ImageNet: smallest random crop, as a fraction of the image (default 0.08; '
+                            '0.49 for ghostnet below width 1)')
     train.add_argument('--val_every', type=int, default=1, help='validate every N epochs (default 1)')
     train.add_argument('--keep_checkpoints', type=int, default=3,
                        help='recent checkpoints kept, beside the best one (default %(default)s)')
@@ -124,6 +142,7 @@ def parse_args(argv=None):
         parser.set_defaults(**DEMO_DEFAULTS)
     args = parser.parse_args(argv)
     check_model_arguments(args, parser)
+    apply_recipe(args, parser)
     modes = [flag for flag in ('eval', 'flops', 'demo', 'predict', 'export') if getattr(args, flag)]
     if len(modes) > 1 and set(modes) != {'predict', 'export'}:
         parser.error('choose one of --eval, --flops, --demo, --predict/--export (got {})'.format(
@@ -135,24 +154,48 @@ def parse_args(argv=None):
         parser.error('--predict and --export need --load, the checkpoint to use')
     if not args.data_dir and (args.eval or (args.train and not args.fake)):
         parser.error('--data_dir is needed: the ImageNet directory holding train/, val/ and '
-                     'caffe_ilsvrc12/ (or pass --demo, --flops, or --fake to train on random data)')
+                     'caffe_ilsvrc12/, or for CIFAR-10 cifar-10-batches-py/ (or pass --demo, --flops, or '
+                     '--fake to train on random data)')
     if args.data_dir and not args.meta_dir:
         args.meta_dir = os.path.join(args.data_dir, 'caffe_ilsvrc12')
-    args.batch = args.batch or (TRAIN_BATCH if args.train else EVAL_BATCH)
-    if args.min_crop_area is None:
-        args.min_crop_area = 0.49 if args.width_ratio < 1 else 0.08
+    args.batch = args.batch or (ARCHITECTURES[args.arch].recipe['batch'] if args.train else EVAL_BATCH)
     for name in ('batch', 'workers', 'image_size', 'epochs', 'val_every', 'keep_checkpoints'):
         if getattr(args, name) < 1:
             parser.error('--{} must be positive'.format(name))
     return args
 
 
-def build_model(args, num_classes):
-    """GhostNet as the flags describe it, with `num_classes` outputs."""
-    return GhostNet(num_classes=num_classes, width=args.width_ratio, se=bool(args.se),
-                    dw_code=args.dw_code, ratio_code=args.ratio_code, data_format=args.data_format,
-                    image_shape=args.image_size, weight_decay=args.weight_decay,
-                    dropout_keep_prob=args.dropout_keep_prob, label_smoothing=args.label_smoothing)
+def architecture_list():
+    """--help's list of the networks, one line each."""
+    return 'networks (--arch):\n' + '\n'.join('  {:16s}{}'.format(name, arch.help)
+                                              for name, arch in ARCHITECTURES.items())
+
+
+def apply_recipe(args, parser):
+    """Unset flags from the network's recipe; --ratio and --dw for ghost-* only; --lr_decay_at parsed."""
+    arch = ARCHITECTURES[args.arch]
+    for name, value in arch.recipe.items():
+        if getattr(args, name) is None and name != 'batch':
+            setattr(args, name, value)
+    if args.min_crop_area is None:
+        args.min_crop_area = 0.49 if args.width_ratio < 1 else 0.08
+    if not arch.ghost and (args.ratio is not None or args.dw is not None):
+        parser.error('--ratio and --dw set the Ghost modules of the ghost-* networks{}'.format(
+            '; GhostNet takes --ratio_code_str and --dw_code_str' if args.arch == 'ghostnet' else ''))
+    if arch.ghost is not None and (args.dw_code_str or args.ratio_code_str):
+        parser.error('--dw_code_str and --ratio_code_str are GhostNet\'s; use --ratio and --dw')
+    args.ratio, args.dw = args.ratio or 2, args.dw or 3
+    if args.ratio < 1 or args.dw < 1:
+        parser.error('--ratio and --dw must be positive')
+    if arch.dataset == CIFAR10 and args.image_size != cifar.IMAGE_SIZE:
+        parser.error('--image_size is {} for the CIFAR-10 networks'.format(cifar.IMAGE_SIZE))
+    try:
+        args.lr_decay_fractions = [fractions.Fraction(f) for f in (args.lr_decay_at or '').split(',') if f]
+    except (ValueError, ZeroDivisionError):
+        parser.error('--lr_decay_at takes fractions such as 1/2,3/4, got {!r}'.format(args.lr_decay_at))
+    if any(not 0 < f < 1 for f in args.lr_decay_fractions) or args.lr_decay_fractions != sorted(
+            args.lr_decay_fractions):
+        parser.error('--lr_decay_at: increasing fractions between 0 and 1, got {!r}'.format(args.lr_decay_at))
 
 
 def num_towers(args):
@@ -165,21 +208,29 @@ def num_towers(args):
     return max(gpus, 1)
 
 
-def run_eval(args):
-    """Top-1/top-5 error on DATA_DIR/val; the last two lines printed are the released format."""
+def get_eval_data(args, batch_size, bad_images):
+    """(dataflow, number of images, number of classes) of DATA_DIR/val, or CIFAR-10's test_batch."""
+    if ARCHITECTURES[args.arch].dataset == CIFAR10:
+        images, labels, names = cifar.read_split(args.data_dir, 'test')
+        return cifar.get_eval_dataflow(images, labels, batch_size), len(images), len(names)
     examples = list_val_images(args.data_dir, args.meta_dir)
     num_classes = len(read_synsets(args.meta_dir))
+    dataflow = get_val_dataflow(examples, batch_size, args.image_size, args.workers, bad_images)
+    return dataflow, len(examples), num_classes
+
+
+def run_eval(args):
+    """Top-1/top-5 error on the evaluation images; the last two lines printed are the released format."""
     towers = num_towers(args)
+    bad_images = [] if args.skip_bad_images else None
+    dataflow, num_images, num_classes = get_eval_data(args, max(args.batch // towers, 1), bad_images)
     if args.load:
         session_init = CheckedInit(args.load)
     else:
         session_init = None
         logger.warn('No --load given: evaluating randomly initialized weights.')
-    logger.info('Evaluating {} images of {} classes from {} on {} tower(s).'.format(
-        len(examples), num_classes, args.data_dir, towers))
-    bad_images = [] if args.skip_bad_images else None
-    dataflow = get_val_dataflow(examples, max(args.batch // towers, 1), args.image_size,
-                                args.workers, bad_images)
+    logger.info('Evaluating {} on {} images of {} classes from {} on {} tower(s).'.format(
+        args.arch, num_images, num_classes, args.data_dir, towers))
     top1, top5, count, seconds = evaluate(build_model(args, num_classes), session_init, dataflow, towers)
     if bad_images:
         print('Skipped {} images that could not be decoded: {}'.format(
@@ -204,18 +255,32 @@ def get_trainer(args, towers):
 
 def set_logdir(args, is_chief):
     """Log to --logdir (on the chief): kept for resuming, or moved aside with --restart."""
-    args.logdir = args.logdir or os.path.join('train_log', 'ghostnet-{}'.format(args.width_ratio))
+    args.logdir = args.logdir or os.path.join('train_log', default_run_name(args))
     if is_chief:
         logger.set_logger_dir(args.logdir, action='b' if args.restart else 'k')
 
 
+def default_run_name(args):
+    """<arch>, with the width for ghostnet and s and d for the ghost-* networks."""
+    arch = ARCHITECTURES[args.arch]
+    if arch.ghost is None:
+        return '{}-{}'.format(args.arch, args.width_ratio)
+    return '{}-s{}-d{}'.format(args.arch, args.ratio, args.dw) if arch.ghost else args.arch
+
+
 def get_data(args, batch_per_tower, bad_image_log, with_val):
     """(training dataflow, validation dataflow or None, number of classes, training images)."""
+    dataset = ARCHITECTURES[args.arch].dataset
     if args.fake:
+        classes = DATASET_CLASSES[dataset]
         shapes = [[batch_per_tower, args.image_size, args.image_size, 3], [batch_per_tower]]
-        fake = FakeData(shapes, 1000, random=False, dtype=['uint8', 'int32'],
-                        domain=[(0, 255), (0, IMAGENET_CLASSES - 1)])
-        return fake, None, IMAGENET_CLASSES, 100 * args.batch
+        fake = FakeData(shapes, 1000, random=False, dtype=['uint8', 'int32'], domain=[(0, 255), (0, classes - 1)])
+        return fake, None, classes, 100 * args.batch
+    if dataset == CIFAR10:
+        images, labels, names = cifar.read_split(args.data_dir, 'train')
+        val_df = cifar.get_eval_dataflow(*cifar.read_split(args.data_dir, 'test')[:2], batch_per_tower) \
+            if with_val else None
+        return cifar.get_train_dataflow(images, labels, batch_per_tower), val_df, len(names), len(images)
     train = list_train_images(args.data_dir, args.meta_dir)
     train_df = get_train_dataflow(train, batch_per_tower, bad_image_log, args.image_size,
                                   args.min_crop_area, args.workers)
@@ -235,6 +300,15 @@ def validation_callbacks(val_df, towers, every_k_epochs):
     return [PeriodicTrigger(runner, every_k_epochs=every_k_epochs), MinSaver('val-error-top1')]
 
 
+def learning_rate_schedule(args, steps_per_epoch):
+    """--lr per 256 images at --batch, warmed up, then cosine or divided by 10 at --lr_decay_at."""
+    base_lr = args.lr * args.batch / 256
+    warmup_steps, total_steps = int(args.warmup_epochs * steps_per_epoch), args.epochs * steps_per_epoch
+    if args.lr_schedule == 'cosine':
+        return WarmupCosineSchedule(base_lr, warmup_steps, total_steps)
+    return WarmupStepSchedule(base_lr, warmup_steps, [round(f * total_steps) for f in args.lr_decay_fractions])
+
+
 def get_config(args, towers, workers, is_chief, stop_on_nan):
     """The TrainConfig of the paper's recipe; it resumes from the latest checkpoint in --logdir."""
     if args.batch % (towers * workers):
@@ -244,19 +318,19 @@ def get_config(args, towers, workers, is_chief, stop_on_nan):
     train_df, val_df, num_classes, num_images = get_data(args, args.batch // (towers * workers),
                                                          bad_image_log, with_val=is_chief)
     steps_per_epoch = args.steps_per_epoch or max(num_images // args.batch, 1)
-    schedule = WarmupCosineSchedule(args.lr * args.batch / 256, int(args.warmup_epochs * steps_per_epoch),
-                                    args.epochs * steps_per_epoch)
-    callbacks = [ModelSaver(max_to_keep=args.keep_checkpoints), schedule, stop_on_nan, EstimatedTimeLeft()]
+    callbacks = [ModelSaver(max_to_keep=args.keep_checkpoints), learning_rate_schedule(args, steps_per_epoch),
+                 stop_on_nan, EstimatedTimeLeft()]
     if args.horovod:
         callbacks.append(StartAfterBroadcastStep())
     if not args.fake:
         callbacks.append(bad_image_log)
         if is_chief:
             callbacks += validation_callbacks(val_df, towers, args.val_every)
-    config = dict(model=build_model(args, num_classes), data=QueueInput(train_df), callbacks=callbacks,
+    model = build_model(args, num_classes)
+    config = dict(model=model, data=QueueInput(train_df), callbacks=callbacks,
                   steps_per_epoch=steps_per_epoch, max_epoch=args.epochs)
     if args.load and is_chief:     # Horovod broadcasts rank 0's values to the other ranks
-        config['session_init'] = CheckedInit(args.load, fine_tune_scope=GhostNet.scope + '/Logits')
+        config['session_init'] = CheckedInit(args.load, fine_tune_scope=model.classifier_scope)
     # rank 0 resumes from its --logdir; the other ranks get its variables and epoch from it
     return AutoResumeTrainConfig(always_resume=True, **config) if is_chief else TrainConfig(**config)
 
@@ -312,24 +386,36 @@ def run_demo(args):
 def run_export_or_predict(args):
     """--export and/or --predict, with the number of classes the checkpoint has."""
     num_towers(args)    # checks --gpu and --data-format
-    model = build_model(args, export.checkpoint_num_classes(args.load))
+    model = build_model(args, export.checkpoint_num_classes(ARCHITECTURES[args.arch].model, args.load))
     if args.export:
-        export.export(model, args.load, args.export, args.tflite, args.quantize, args.representative)
+        export.export(model, args.load, args.export, args.tflite, args.quantize, args.representative, args.arch)
     if args.predict:
-        for path, top5 in export.predict(model, args.load, args.predict, args.meta_dir):
+        for path, top5 in export.predict(model, args.load, args.predict, prediction_class_names(args, model)):
             print(path)
             print('\n'.join('  {:.4f}  {}'.format(p, name) for _, name, p in top5))
 
 
+def prediction_class_names(args, model):
+    """Class names for --predict: ImageNet's from --meta_dir, CIFAR-10's from batches.meta, else indices."""
+    if ARCHITECTURES[args.arch].dataset != CIFAR10:
+        return export.class_names(args.meta_dir, model.num_classes)
+    names = cifar.class_names(args.data_dir) if args.data_dir else []
+    if len(names) == model.num_classes:
+        return names
+    if names:
+        logger.warn('batches.meta has {} classes, the model {}; showing indices'.format(len(names), model.num_classes))
+    return None
+
+
 def print_flops(args):
     """Build the network at batch 1 and print its layers, parameters and multiply-adds."""
-    graph = flops.inference_graph(build_model(args, IMAGENET_CLASSES))
+    graph = flops.inference_graph(build_model(args, DATASET_CLASSES[ARCHITECTURES[args.arch].dataset]))
     table = flops.layer_table(graph)
     print(tabulate(table, intfmt=',', headers=['layer', 'op', 'output shape', 'params', 'multiply-adds']))
     multiply_adds = sum(row.multiply_adds for row in table)
     profiled = flops.profiler_flops(graph)
     print('Total: {:,} parameters, {:,} multiply-adds ({:.0f}M, a multiply-add counted once as in '
-          'the paper: convolutions, depthwise convolutions, SE and classifier).'.format(
+          'the paper: convolutions, depthwise convolutions and fully connected layers).'.format(
               flops.total_params(graph), multiply_adds, multiply_adds / 1e6))
     print('TensorFlow profiler: {:,} float operations ({:.0f}M); it counts a multiply-add as two '
           'and adds batch norm, activations, pooling and other element-wise ops.'.format(

@@ -1,12 +1,20 @@
-"""The Ghost module (a primary conv plus a cheap depthwise op) and the layers GhostNet uses."""
+"""The layers every network here is made of: a conv + BN (+ ReLU) that folds its BN in inference, the
+Ghost module (a primary conv plus a cheap depthwise op) that replaces it, and squeeze-and-excitation.
+
+Training builds tensorpack's BatchNorm; an inference tower (evaluation, prediction, export, counting)
+folds each batch norm into the conv before it, from the same variables under the same names.
+"""
 import math
 
 import compat  # noqa: F401  (must come before TensorFlow)
 import tensorflow as tf
-from tensorpack.models import BatchNorm, Conv2D, layer_register
-from tensorpack.tfutils.argscope import argscope
+from tensorpack.models import BatchNorm, layer_register
+from tensorpack.models.batch_norm import get_bn_variables
+from tensorpack.tfutils.tower import get_current_tower_context
 
 tfv1 = tf.compat.v1
+
+BN_EPSILON = 1e-5     # tensorpack BatchNorm's default, used by every batch norm here
 
 
 def kernel_initializer():
@@ -26,62 +34,94 @@ def spatial_axes(data_format):
     return [2, 3] if is_nchw(data_format) else [1, 2]
 
 
-def batch_norm_format(data_format):
-    """The activations call BatchNorm without a data format: give it the layer's."""
-    return argscope(BatchNorm, data_format='channels_first' if is_nchw(data_format) else 'channels_last')
+def folded_batch_norm(kernel, channels, depthwise):
+    """(kernel * s, beta - mean * s) with s = gamma / sqrt(variance + eps), from the BN's variables.
 
-
-def BNReLU(x, name=None):
-    """BatchNorm then ReLU; the BN variables are under `bn/` whatever name the layer passes."""
-    return tf.nn.relu(BatchNorm('bn', x))
-
-
-def BNNoReLU(x, name=None):
-    """BatchNorm alone, under the name the layer passes, else `bn/`.
-
-    tensorpack's Conv2D passes none (`conv1/bn/...`); DepthConv passes `output`, which gives the
-    released checkpoint's `dw1/output/...` and `_depthwise/output/...` names.
+    A depthwise kernel [k, k, in, mult] outputs channel `i * mult + m`: s is laid out as [in, mult].
     """
-    return BatchNorm(name or 'bn', x)
+    beta, gamma, mean, variance = get_bn_variables(channels, True, True, tf.zeros_initializer(),
+                                                   tf.ones_initializer())
+    scale = gamma * tf.math.rsqrt(variance + BN_EPSILON)
+    if depthwise:
+        kernel = kernel * tf.reshape(scale, kernel.shape[2:])
+    else:
+        kernel = kernel * scale
+    return kernel, beta - mean * scale
+
+
+def convolve(x, kernel, strides, depthwise, data_format):
+    """A conv or depthwise conv with TF `SAME` padding."""
+    nchw = is_nchw(data_format)
+    strides4 = [1, 1, strides, strides] if nchw else [1, strides, strides, 1]
+    conv = tf.nn.depthwise_conv2d if depthwise else tf.nn.conv2d
+    return conv(x, kernel, strides4, 'SAME', data_format='NCHW' if nchw else 'NHWC')
+
+
+def conv_bn_relu(x, kernel, strides, depthwise, bn, relu, use_bias, bn_name, data_format, fold_bn):
+    """The layer body: conv, then BN (folded into the conv in inference) or a bias, then ReLU."""
+    channels = int(kernel.shape[2] * kernel.shape[3]) if depthwise else int(kernel.shape[3])
+    nchw_format = 'NCHW' if is_nchw(data_format) else 'NHWC'
+    bias = None
+    if bn and fold_bn and not get_current_tower_context().is_training:
+        with tfv1.variable_scope(bn_name):
+            kernel, bias = folded_batch_norm(kernel, channels, depthwise)
+    elif use_bias:
+        bias = tfv1.get_variable('b', [channels], initializer=tf.zeros_initializer())
+    x = convolve(x, kernel, strides, depthwise, data_format)
+    if bias is not None:
+        x = tf.nn.bias_add(x, bias, data_format=nchw_format)
+    elif bn:
+        x = BatchNorm(bn_name, x, data_format='channels_first' if nchw_format == 'NCHW' else 'channels_last')
+    return tf.nn.relu(x, name='output') if relu else tf.identity(x, name='output')
 
 
 @layer_register(log_shape=True)
-def DepthConv(x, kernel_size, channel_multiplier=1, strides=1, data_format='NHWC',
-              activation=None, kernel_name='W', W_init=None):
-    """Depthwise conv with TF `SAME` padding; the kernel is `[k, k, in, channel_multiplier]`."""
+def ConvBN(x, filters, kernel_size=1, strides=1, bn=True, relu=True, use_bias=False, data_format='NHWC',
+           fold_bn=True):
+    """Conv `W` [k, k, in, filters], then BN under `bn/` (or a bias `b` with bn=False), then ReLU."""
     in_channels = int(x.shape[channel_axis(data_format)])
-    kernel = tfv1.get_variable(
-        kernel_name, [kernel_size, kernel_size, in_channels, channel_multiplier],
-        initializer=W_init or kernel_initializer())
-    stride4 = [1, 1, strides, strides] if is_nchw(data_format) else [1, strides, strides, 1]
-    out = tf.nn.depthwise_conv2d(x, kernel, stride4, 'SAME',
-                                 data_format='NCHW' if is_nchw(data_format) else 'NHWC')
-    if activation is None:
-        return tf.identity(out, name='output')
-    with batch_norm_format(data_format):
-        return activation(out, name='output')
+    kernel = tfv1.get_variable('W', [kernel_size, kernel_size, in_channels, filters],
+                               initializer=kernel_initializer())
+    return conv_bn_relu(x, kernel, strides, False, bn, relu, use_bias, 'bn', data_format, fold_bn)
 
 
 @layer_register(log_shape=True)
-def GhostModule(x, filters, kernel_size=1, dw_size=3, ratio=2, strides=1, data_format='NHWC',
-                activation=None, use_bias=False):
+def DepthConv(x, kernel_size, channel_multiplier=1, strides=1, bn=True, relu=False, use_bias=False,
+              data_format='NHWC', kernel_name='W', fold_bn=True):
+    """Depthwise conv [k, k, in, multiplier], then BN (+ ReLU).
+
+    The BN is under `bn/` with a ReLU and `output/` without, as in the released checkpoint
+    (`dw1/output/...`, `_depthwise/output/...`).
+    """
+    in_channels = int(x.shape[channel_axis(data_format)])
+    kernel = tfv1.get_variable(kernel_name, [kernel_size, kernel_size, in_channels, channel_multiplier],
+                               initializer=kernel_initializer())
+    return conv_bn_relu(x, kernel, strides, True, bn, relu, use_bias, 'bn' if relu else 'output',
+                        data_format, fold_bn)
+
+
+@layer_register(log_shape=True)
+def GhostModule(x, filters, kernel_size=1, dw_size=3, ratio=2, strides=1, bn=True, relu=True,
+                use_bias=False, data_format='NHWC'):
     """`ceil(filters / ratio)` intrinsic maps from a conv, the rest from a cheap depthwise op on them.
 
     Variables: `conv1/W`, `conv1/bn/*` and `dw1/DW`, `dw1/{bn,output}/*` (with/without ReLU).
-    `ratio == 1` is the primary conv alone.
+    `ratio == 1` is the primary conv alone. With `use_bias` (and no BN, as a classifier) the module
+    has one bias `b` per output channel, as the conv it replaces.
     """
     init_channels = math.ceil(filters / ratio)
-    with batch_norm_format(data_format):
-        primary = Conv2D('conv1', x, init_channels, kernel_size, strides=strides,
-                         data_format=data_format, activation=activation, use_bias=use_bias,
-                         kernel_initializer=kernel_initializer())
-    if ratio == 1:
-        return tf.identity(primary, name='output')
-    cheap = DepthConv('dw1', primary, dw_size, channel_multiplier=ratio - 1,
-                      data_format=data_format, activation=activation, kernel_name='DW')
+    layer_args = dict(bn=bn, relu=relu and not use_bias, data_format=data_format)
+    x = ConvBN('conv1', x, init_channels, kernel_size, strides=strides, **layer_args)
     axis = channel_axis(data_format)
-    cheap = cheap[:, :filters - init_channels] if axis == 1 else cheap[..., :filters - init_channels]
-    return tf.concat([primary, cheap], axis, name='output')
+    if ratio > 1:
+        cheap = DepthConv('dw1', x, dw_size, channel_multiplier=ratio - 1, kernel_name='DW', **layer_args)
+        cheap = cheap[:, :filters - init_channels] if axis == 1 else cheap[..., :filters - init_channels]
+        x = tf.concat([x, cheap], axis)
+    if use_bias:
+        bias = tfv1.get_variable('b', [filters], initializer=tf.zeros_initializer())
+        x = tf.nn.bias_add(x, bias, data_format='NCHW' if axis == 1 else 'NHWC')
+        x = tf.nn.relu(x) if relu else x
+    return tf.identity(x, name='output')
 
 
 @layer_register(log_shape=True)
@@ -89,8 +129,7 @@ def SELayer(x, reduction=4, data_format='NHWC'):
     """Squeeze-and-excitation with the released hard gate `clip(x, 0, 1)`."""
     channels = int(x.shape[channel_axis(data_format)])
     squeezed = tf.reduce_mean(x, spatial_axes(data_format), keepdims=True)
-    fc_args = dict(kernel_size=1, use_bias=True, data_format=data_format,
-                   kernel_initializer=kernel_initializer())
-    hidden = Conv2D('fc1', squeezed, int(channels / reduction), activation=tf.nn.relu, **fc_args)
-    gate = tf.clip_by_value(Conv2D('fc2', hidden, channels, **fc_args), 0., 1.)
+    fc_args = dict(bn=False, use_bias=True, data_format=data_format)
+    hidden = ConvBN('fc1', squeezed, int(channels / reduction), relu=True, **fc_args)
+    gate = tf.clip_by_value(ConvBN('fc2', hidden, channels, relu=False, **fc_args), 0., 1.)
     return tf.multiply(x, gate, name='output')

@@ -4,6 +4,7 @@ Class i (wnid n00000000 + i) has its own hue and stripe orientation; saturation,
 stripe period and phase, size, aspect ratio and noise vary from image to image.
 """
 import os
+import pickle
 
 import cv2
 import numpy as np
@@ -84,3 +85,35 @@ def _write_metadata(meta_dir, metadata_classes, train_list, val_list):
     for name, lines in files.items():
         with open(os.path.join(meta_dir, name), 'w') as f:
             f.write(''.join(line + '\n' for line in lines))
+
+
+def write_cifar_sample(root, num_classes=10, train_per_class=50, test_per_class=20, per_batch_file=300,
+                       seed=0):
+    """Write `root/cifar-10-batches-py` in the official python format (Python 2 pickles read with
+    encoding='bytes'): data_batch_1.. of `per_batch_file` images, test_batch, batches.meta; return `root`."""
+    rng = np.random.default_rng(seed)
+    folder = os.path.join(root, 'cifar-10-batches-py')
+    os.makedirs(folder, exist_ok=True)
+    train = rng.permutation(np.repeat(np.arange(num_classes), train_per_class))
+    batches = [train[start:start + per_batch_file] for start in range(0, len(train), per_batch_file)]
+    for number, labels in enumerate(batches, start=1):
+        _write_cifar_batch(os.path.join(folder, 'data_batch_{}'.format(number)), rng, labels, num_classes,
+                           'training batch {} of {}'.format(number, len(batches)))
+    test = rng.permutation(np.repeat(np.arange(num_classes), test_per_class))
+    _write_cifar_batch(os.path.join(folder, 'test_batch'), rng, test, num_classes, 'testing batch 1 of 1')
+    meta = {b'label_names': [b'class%d' % i for i in range(num_classes)], b'num_cases_per_batch': per_batch_file,
+            b'num_vis': 3072}
+    with open(os.path.join(folder, 'batches.meta'), 'wb') as f:
+        pickle.dump(meta, f, protocol=2)
+    return root
+
+
+def _write_cifar_batch(path, rng, labels, num_classes, batch_label):
+    """One batch file: `data` rows are the red, green and blue 32x32 planes of each sample image."""
+    images = [cv2.resize(sample_image(rng, label, num_classes, 32), (32, 32), interpolation=cv2.INTER_AREA)
+              for label in labels]
+    data = np.stack([image[..., ::-1].transpose(2, 0, 1).reshape(-1) for image in images])
+    batch = {b'batch_label': batch_label.encode(), b'labels': [int(label) for label in labels], b'data': data,
+             b'filenames': [b'sample_%05d.png' % i for i in range(len(labels))]}
+    with open(path, 'wb') as f:
+        pickle.dump(batch, f, protocol=2)

@@ -59,6 +59,8 @@ def ghost_tensors(graph, layer):
             layer, ', '.join(ghost_module_names(graph))))
     scope = GhostNet.scope + '/' + layer
     concat = graph.get_tensor_by_name(scope + '/output:0').op
+    while concat.type == 'Identity':
+        concat = concat.inputs[0].op
     kernel, = [v for v in graph.get_collection(tfv1.GraphKeys.GLOBAL_VARIABLES)
                if v.op.name == scope + '/dw1/DW']
     return GhostTensors(concat.inputs[0], concat.inputs[1], kernel)
@@ -142,7 +144,7 @@ def describe(args, intrinsic, ghost, kernel, relu, shown):
 
 def build_model(args):
     """GhostNet as the flags describe it, with the checkpoint's number of classes."""
-    return GhostNet(checkpoint_num_classes(args.load), args.width_ratio, se=bool(args.se),
+    return GhostNet(checkpoint_num_classes(GhostNet, args.load), args.width_ratio, se=bool(args.se),
                     dw_code=args.dw_code, ratio_code=args.ratio_code, image_shape=args.image_size)
 
 

@@ -1,4 +1,5 @@
-"""export.py: the folded SavedModel and TFLite against the tensorpack graph, on a randomized checkpoint."""
+"""export.py: the SavedModel and TFLite of the folded inference graph against the tensorpack graph with
+batch norm unfolded, on a randomized checkpoint."""
 import os
 import subprocess
 import sys
@@ -8,10 +9,12 @@ import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorpack.tfutils.argscope import argscope
 from tensorpack.tfutils.tower import TowerContext
 
 import export
 from ghostnet import HEAD_CHANNELS, GhostNet
+from myconv2d import ConvBN, DepthConv
 from checkpoint import CheckpointError
 from imagenet_utils import DataError
 
@@ -55,13 +58,14 @@ def randomized(name, shape, rng):
 
 
 def randomized_checkpoint(model, directory, images_rgb, seed=0):
-    """Save `model` with random weights and batch norm; returns (checkpoint, tensorpack logits of images)."""
+    """Save `model` with random weights and batch norm; returns (checkpoint, logits of images from the
+    tensorpack graph in inference mode with batch norm unfolded)."""
     rng = np.random.RandomState(seed)
     with tf.Graph().as_default():
         tfv1.set_random_seed(seed)
         inputs = [tfv1.placeholder(spec.dtype, spec.shape, spec.name)
                   for spec in model.get_input_signature()]
-        with TowerContext('', is_training=False):
+        with TowerContext('', is_training=False), argscope([ConvBN, DepthConv], fold_bn=False):
             model.build_graph(*inputs)
         with tfv1.Session() as sess:
             sess.run(tfv1.global_variables_initializer())
@@ -94,7 +98,7 @@ class Case:
     def __init__(self, model, directory, paths):
         self.model = model
         self.paths = paths
-        self.images = export.load_rgb_batch(paths, model.image_shape)
+        self.images = export.load_rgb_batch(paths, model)
         self.checkpoint, self.logits = randomized_checkpoint(model, directory, self.images)
 
 
@@ -129,22 +133,6 @@ def small_export(tmp_path_factory, small):
     with mock.patch.object(export.logger, 'info') as info:
         written = export.export(small.model, small.checkpoint, out_dir, tflite=True)
     return written, [call.args[0] for call in info.call_args_list]
-
-
-@pytest.mark.parametrize('depthwise', [False, True])
-def test_fold_batch_norm_equals_conv_then_batch_norm(depthwise):
-    rng = np.random.RandomState(0)
-    x = rng.normal(size=(2, 9, 9, 4)).astype(np.float32)
-    kernel = rng.normal(size=(3, 3, 4, 3)).astype(np.float32)
-    channels = 12 if depthwise else 3
-    gamma, beta, mean = (rng.normal(size=channels).astype(np.float32) for _ in range(3))
-    variance = rng.uniform(0.1, 2, channels).astype(np.float32)
-    conv = tf.nn.depthwise_conv2d if depthwise else tf.nn.conv2d
-    strides = [1, 2, 2, 1]
-    expected = tf.nn.batch_normalization(conv(x, kernel, strides, 'SAME'), mean, variance, beta, gamma,
-                                         export.BN_EPSILON)
-    folded, bias = export.fold_batch_norm(kernel, gamma, beta, mean, variance, depthwise=depthwise)
-    np.testing.assert_allclose(conv(x, folded, strides, 'SAME') + bias, expected, atol=1e-5)
 
 
 def test_export_writes_and_logs_paths_and_sizes(small_export):
@@ -197,7 +185,8 @@ def test_full_size_saved_model_matches_tensorpack(tmp_path, jpegs):
 def test_predict_names_top5_from_synset_words(small, tmp_path):
     words = ['n{:08d} class number {}'.format(index, index) for index in range(SMALL['num_classes'])]
     (tmp_path / 'synset_words.txt').write_text('\n'.join(words) + '\n')
-    results = export.predict(small.model, small.checkpoint, small.paths, str(tmp_path))
+    results = export.predict(small.model, small.checkpoint, small.paths,
+                             export.class_names(str(tmp_path), SMALL['num_classes']))
     assert [path for path, _ in results] == small.paths
     for (_, top5), logits in zip(results, small.logits):
         indices = [index for index, _, _ in top5]
@@ -226,13 +215,13 @@ def test_checkpoint_of_another_width_is_refused_by_name(small, tmp_path):
 
 
 def test_npz_checkpoint_and_class_count(small, tmp_path):
-    values = export.checked_values(small.model, small.checkpoint)
+    reader = tf.train.load_checkpoint(small.checkpoint)
     npz = str(tmp_path / 'weights.npz')
-    np.savez(npz, **{'{}/{}:0'.format(small.model.scope, name): value for name, value in values.items()})
-    assert export.checkpoint_num_classes(npz) == export.checkpoint_num_classes(small.checkpoint) == 10
-    npz_values = export.checked_values(small.model, npz)
-    assert npz_values.keys() == values.keys()
-    assert all(np.array_equal(npz_values[name], values[name]) for name in values)
+    np.savez(npz, **{name + ':0': reader.get_tensor(name) for name in reader.get_variable_to_shape_map()})
+    assert export.checkpoint_num_classes(GhostNet, npz) == export.checkpoint_num_classes(GhostNet, small.checkpoint) == 10
+    directory = export.export_saved_model(small.model, npz, str(tmp_path / 'saved_model'))
+    signature = tf.saved_model.load(directory).signatures['serving_default']
+    assert_parity(signature(images=tf.constant(small.images))['logits'].numpy(), small.logits)
 
 
 def run_main(*flags):

@@ -4,21 +4,21 @@ import math
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorpack.models import Conv2D
+from tensorpack.tfutils.argscope import argscope
 from tensorpack.tfutils.tower import TowerContext
 
 from ghostnet import BOTTLENECKS, GhostNet
-from myconv2d import BNNoReLU, BNReLU, GhostModule
+from myconv2d import ConvBN, DepthConv, GhostModule
 
 tfv1 = tf.compat.v1
 EPSILON = 1e-5
 
 
 def randomize(sess, graph, seed=0):
-    """Random values for every variable (positive variances); returns {name: value}."""
+    """Random values for every variable, by name (positive variances); returns {name: value}."""
     rng = np.random.RandomState(seed)
     values = {}
-    for var in graph.get_collection(tfv1.GraphKeys.GLOBAL_VARIABLES):
+    for var in sorted(graph.get_collection(tfv1.GraphKeys.GLOBAL_VARIABLES), key=lambda v: v.op.name):
         shape = var.shape.as_list()
         if var.op.name.endswith('variance/EMA'):
             value = rng.uniform(0.5, 1.5, shape)
@@ -46,8 +46,8 @@ def run_layer(build_fn, inputs, seed=0):
     (16, 2, 3), (17, 2, 3), (15, 3, 5), (7, 4, 1), (24, 1, 3), (9, 5, 3)])
 def test_output_channels(filters, ratio, dw_size):
     inputs = np.random.RandomState(0).normal(size=(1, 8, 8, 5)).astype(np.float32)
-    out, values = run_layer(lambda x: GhostModule('g', x, filters, dw_size=dw_size, ratio=ratio,
-                                                  activation=BNReLU), inputs)
+    out, values = run_layer(lambda x: GhostModule('g', x, filters, dw_size=dw_size, ratio=ratio),
+                            inputs)
     assert out.shape == (1, 8, 8, filters)
     init_channels = math.ceil(filters / ratio)
     assert values['g/conv1/W'].shape == (1, 1, 5, init_channels)
@@ -63,8 +63,8 @@ def test_intrinsic_channels_are_a_plain_conv_with_batch_norm():
     graph = tf.Graph()
     with graph.as_default(), TowerContext('', is_training=False):
         x = tfv1.placeholder(tf.float32, inputs.shape)
-        ghost = GhostModule('g', x, 11, ratio=3, activation=BNNoReLU)
-        plain = Conv2D('plain', x, 4, 1, use_bias=False, activation=BNNoReLU)
+        ghost = GhostModule('g', x, 11, ratio=3, relu=False)
+        plain = ConvBN('plain', x, 4, 1, relu=False)
         with tfv1.Session() as sess:
             values = randomize(sess, graph)
             for var in graph.get_collection(tfv1.GraphKeys.GLOBAL_VARIABLES):
@@ -78,12 +78,11 @@ def test_intrinsic_channels_are_a_plain_conv_with_batch_norm():
 
 def test_nchw_equals_nhwc():
     inputs = np.random.RandomState(2).normal(size=(2, 10, 10, 6)).astype(np.float32)
-    nhwc, _ = run_layer(lambda x: GhostModule('g', x, 13, dw_size=3, ratio=3, strides=2,
-                                              activation=BNReLU), inputs)
+    nhwc, _ = run_layer(lambda x: GhostModule('g', x, 13, dw_size=3, ratio=3, strides=2), inputs)
     try:
         nchw, _ = run_layer(lambda x: tf.transpose(GhostModule(
             'g', tf.transpose(x, [0, 3, 1, 2]), 13, dw_size=3, ratio=3, strides=2,
-            data_format='NCHW', activation=BNReLU), [0, 2, 3, 1]), inputs)
+            data_format='NCHW'), [0, 2, 3, 1]), inputs)
     except (tf.errors.UnimplementedError, tf.errors.InvalidArgumentError) as e:
         pytest.skip('TensorFlow on this device does not run NCHW convolutions: {}'.format(
             e.message.splitlines()[0]))
@@ -163,3 +162,28 @@ def test_stride2_bottleneck_with_se_matches_numpy():
     want = np_bottleneck(inputs.astype(np.float64), values, 'Conv2d_4', 5, 2, 72, 40)
     assert got.shape == want.shape == (2, 7, 7, 40)
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize('depthwise, multiplier, relu', [(False, 1, True), (True, 1, False), (True, 3, True)])
+def test_inference_folds_batch_norm_into_the_conv(depthwise, multiplier, relu):
+    inputs = np.random.RandomState(3).normal(size=(2, 9, 9, 4)).astype(np.float32)
+
+    def layer(x):
+        if depthwise:
+            return DepthConv('c', x, 3, channel_multiplier=multiplier, strides=2, relu=relu)
+        return ConvBN('c', x, 6, 3, strides=2, relu=relu)
+    folded, values = run_layer(layer, inputs)
+    with argscope([ConvBN, DepthConv], fold_bn=False):
+        unfolded, _ = run_layer(layer, inputs)
+    bn = 'c/bn/' if relu else 'c/output/'
+    kernel = values['c/W']
+    conv = tf.nn.depthwise_conv2d if depthwise else tf.nn.conv2d
+    expected = tf.nn.batch_normalization(
+        conv(inputs, kernel, [1, 2, 2, 1], 'SAME'), values[bn + 'mean/EMA'], values[bn + 'variance/EMA'],
+        values[bn + 'beta'], values[bn + 'gamma'], EPSILON).numpy()
+    expected = np.maximum(expected, 0) if relu else expected
+    np.testing.assert_allclose(unfolded, expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(folded, expected, rtol=1e-4, atol=1e-4)
+    with tf.Graph().as_default() as graph, TowerContext('', is_training=False):
+        layer(tfv1.placeholder(tf.float32, inputs.shape))
+    assert not [op.type for op in graph.get_operations() if 'BatchNorm' in op.type]
