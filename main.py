@@ -141,8 +141,8 @@ def parse_args(argv=None):
     if '--demo' in (sys.argv[1:] if argv is None else argv):
         parser.set_defaults(**DEMO_DEFAULTS)
     args = parser.parse_args(argv)
-    check_model_arguments(args, parser)
     apply_recipe(args, parser)
+    check_model_arguments(args, parser)
     modes = [flag for flag in ('eval', 'flops', 'demo', 'predict', 'export') if getattr(args, flag)]
     if len(modes) > 1 and set(modes) != {'predict', 'export'}:
         parser.error('choose one of --eval, --flops, --demo, --predict/--export (got {})'.format(
