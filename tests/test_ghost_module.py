@@ -187,3 +187,28 @@ def test_inference_folds_batch_norm_into_the_conv(depthwise, multiplier, relu):
     with tf.Graph().as_default() as graph, TowerContext('', is_training=False):
         layer(tfv1.placeholder(tf.float32, inputs.shape))
     assert not [op.type for op in graph.get_operations() if 'BatchNorm' in op.type]
+
+
+@pytest.mark.parametrize('ratio', [2, 3, 4, 5])
+@pytest.mark.parametrize('filters', [12, 13])
+def test_strided_3x3_intrinsic_channels_are_a_plain_conv_with_batch_norm(filters, ratio):
+    inputs = np.random.RandomState(4).normal(size=(2, 9, 9, 5)).astype(np.float32)
+    intrinsic = math.ceil(filters / ratio)
+
+    def layers(x):
+        return (GhostModule('g', x, filters, kernel_size=3, ratio=ratio, strides=2),
+                ConvBN('plain', x, intrinsic, 3, strides=2))
+    graph = tf.Graph()
+    with graph.as_default(), TowerContext('', is_training=False):
+        x = tfv1.placeholder(tf.float32, inputs.shape)
+        ghost, plain = layers(x)
+        with tfv1.Session() as sess:
+            values = randomize(sess, graph)
+            for var in graph.get_collection(tfv1.GraphKeys.GLOBAL_VARIABLES):
+                if var.op.name.startswith('plain/'):
+                    var.load(values[var.op.name.replace('plain/', 'g/conv1/')], sess)
+            ghost_out, plain_out = sess.run([ghost, plain], {x: inputs})
+    assert ghost_out.shape == (2, 5, 5, filters)
+    assert values['g/conv1/W'].shape == (3, 3, 5, intrinsic)
+    assert values['g/dw1/DW'].shape == (3, 3, intrinsic, ratio - 1)
+    np.testing.assert_allclose(ghost_out[..., :intrinsic], plain_out, rtol=1e-5, atol=1e-5)
