@@ -187,6 +187,9 @@ def apply_recipe(args, parser):
     args.ratio, args.dw = args.ratio or 2, args.dw or 3
     if args.ratio < 1 or args.dw < 1:
         parser.error('--ratio and --dw must be positive')
+    if arch.dataset == CIFAR10 and args.demo:
+        parser.error('--demo trains on an ImageNet-layout sample: use an ImageNet --arch (ghostnet, resnet50, '
+                     'ghost-resnet50)')
     if arch.dataset == CIFAR10 and args.image_size != cifar.IMAGE_SIZE:
         parser.error('--image_size is {} for the CIFAR-10 networks'.format(cifar.IMAGE_SIZE))
     try:
