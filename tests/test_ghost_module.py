@@ -58,19 +58,24 @@ def test_output_channels(filters, ratio, dw_size):
         assert not any(name.startswith('g/dw1') for name in values)
 
 
-def test_intrinsic_channels_are_a_plain_conv_with_batch_norm():
-    inputs = np.random.RandomState(1).normal(size=(2, 9, 9, 6)).astype(np.float32)
+def ghost_and_plain(inputs, ghost_fn, plain_fn):
+    """Outputs of Ghost module `g` and of a plain ConvBN `plain` given `g/conv1`'s values, and the values."""
     graph = tf.Graph()
     with graph.as_default(), TowerContext('', is_training=False):
         x = tfv1.placeholder(tf.float32, inputs.shape)
-        ghost = GhostModule('g', x, 11, ratio=3, relu=False)
-        plain = ConvBN('plain', x, 4, 1, relu=False)
+        ghost, plain = ghost_fn(x), plain_fn(x)
         with tfv1.Session() as sess:
             values = randomize(sess, graph)
             for var in graph.get_collection(tfv1.GraphKeys.GLOBAL_VARIABLES):
                 if var.op.name.startswith('plain/'):
                     var.load(values[var.op.name.replace('plain/', 'g/conv1/')], sess)
-            ghost_out, plain_out = sess.run([ghost, plain], {x: inputs})
+            return sess.run([ghost, plain], {x: inputs}) + [values]
+
+
+def test_intrinsic_channels_are_a_plain_conv_with_batch_norm():
+    inputs = np.random.RandomState(1).normal(size=(2, 9, 9, 6)).astype(np.float32)
+    ghost_out, plain_out, _ = ghost_and_plain(inputs, lambda x: GhostModule('g', x, 11, ratio=3, relu=False),
+                                              lambda x: ConvBN('plain', x, 4, 1, relu=False))
     assert ghost_out.shape[-1] == 11
     np.testing.assert_allclose(ghost_out[..., :4], plain_out, rtol=1e-5, atol=1e-5)
     assert not np.allclose(ghost_out[..., 4:8], plain_out)
@@ -195,19 +200,9 @@ def test_strided_3x3_intrinsic_channels_are_a_plain_conv_with_batch_norm(filters
     inputs = np.random.RandomState(4).normal(size=(2, 9, 9, 5)).astype(np.float32)
     intrinsic = math.ceil(filters / ratio)
 
-    def layers(x):
-        return (GhostModule('g', x, filters, kernel_size=3, ratio=ratio, strides=2),
-                ConvBN('plain', x, intrinsic, 3, strides=2))
-    graph = tf.Graph()
-    with graph.as_default(), TowerContext('', is_training=False):
-        x = tfv1.placeholder(tf.float32, inputs.shape)
-        ghost, plain = layers(x)
-        with tfv1.Session() as sess:
-            values = randomize(sess, graph)
-            for var in graph.get_collection(tfv1.GraphKeys.GLOBAL_VARIABLES):
-                if var.op.name.startswith('plain/'):
-                    var.load(values[var.op.name.replace('plain/', 'g/conv1/')], sess)
-            ghost_out, plain_out = sess.run([ghost, plain], {x: inputs})
+    ghost_out, plain_out, values = ghost_and_plain(
+        inputs, lambda x: GhostModule('g', x, filters, kernel_size=3, ratio=ratio, strides=2),
+        lambda x: ConvBN('plain', x, intrinsic, 3, strides=2))
     assert ghost_out.shape == (2, 5, 5, filters)
     assert values['g/conv1/W'].shape == (3, 3, 5, intrinsic)
     assert values['g/dw1/DW'].shape == (3, 3, intrinsic, ratio - 1)
