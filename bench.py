@@ -13,10 +13,10 @@ import platform
 import statistics
 import tempfile
 import time
-import warnings
 
 import compat  # noqa: F401  (must come before TensorFlow)
 import numpy as np
+from ai_edge_litert.interpreter import Interpreter
 import tensorflow as tf
 import tensorpack
 from tensorpack.tfutils.tower import TowerContext
@@ -150,10 +150,8 @@ def saved_model_call(signature, images):
 
 
 def tflite_call(path, images):
-    """One invocation of a TFLite flatbuffer resized to the batch, on every core."""
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')   # tf.lite.Interpreter's deprecation notice
-        interpreter = tf.lite.Interpreter(path, num_threads=os.cpu_count())
+    """One invocation of a TFLite flatbuffer in LiteRT, resized to the batch, on every core."""
+    interpreter = Interpreter(path, num_threads=os.cpu_count())
     index = interpreter.get_input_details()[0]['index']
     interpreter.resize_tensor_input(index, images.shape)
     interpreter.allocate_tensors()

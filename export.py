@@ -1,4 +1,4 @@
-"""Export a network for serving (SavedModel, TFLite) and predict top-5 classes.
+"""Export a network for serving (SavedModel, TFLite, ONNX) and predict top-5 classes.
 
 What is exported is the network's own inference graph (myconv2d.py folds every batch norm into the
 conv before it; dropout is gone), frozen with the checkpoint's values. The serving signature takes
@@ -8,7 +8,9 @@ import os
 
 import compat  # noqa: F401  (must come before TensorFlow)
 import numpy as np
+import onnx
 import tensorflow as tf
+import tf2onnx
 from tensorpack.predict import OfflinePredictor, PredictConfig
 from tensorpack.tfutils.tower import TowerContext
 from tensorpack.utils import logger
@@ -19,6 +21,7 @@ from imagenet_utils import DataError, decode_image
 tfv1 = tf.compat.v1
 
 SERVING_OUTPUTS = ('probabilities', 'top5', 'logits')
+ONNX_OPSET = 17
 QUANTIZE_MODES = ('none', 'dynamic', 'int8')
 REPRESENTATIVE_LIMIT = 200  # images fed to the int8 calibration at most
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
@@ -82,7 +85,7 @@ def serving_function(graph_def):
     return wrapped.prune(tensor('images:0'), {name: tensor(name + ':0') for name in SERVING_OUTPUTS})
 
 
-# ---------------------------------------------------------------- SavedModel and TFLite
+# ---------------------------------------------------------------- SavedModel, TFLite, ONNX
 
 def file_size(path):
     """Bytes in a file, or in all files under a directory."""
@@ -99,17 +102,42 @@ def log_written(what, path):
 
 def export_saved_model(model, checkpoint, directory):
     """The inference network of `model` with the checkpoint's values as a SavedModel in `directory`."""
+    return save_saved_model(frozen_serving_graph(model, checkpoint), model.image_shape, directory)
+
+
+def save_saved_model(graph_def, size, directory):
+    """A frozen serving graph of S x S images as a SavedModel with a `serving_default` signature."""
     if not tf.executing_eagerly():
         raise RuntimeError('export needs eager execution: call it outside any tf.Graph or tf.Session '
                            'context, in a process where tensorpack training has not disabled eager')
-    size = model.image_shape
     module = tf.Module()
-    module.network = serving_function(frozen_serving_graph(model, checkpoint))
+    module.network = serving_function(graph_def)
     module.serve = tf.function(lambda images: module.network(images), input_signature=[
         tf.TensorSpec([None, size, size, 3], tf.uint8, name='images')])
     tf.saved_model.save(module, directory, signatures={'serving_default': module.serve.get_concrete_function()})
     log_written('SavedModel (uint8 RGB [N, {0}, {0}, 3] -> probabilities, top5, logits)'.format(size), directory)
     return directory
+
+
+def save_onnx(graph_def, path):
+    """A frozen serving graph as an ONNX model (tf2onnx, opset ONNX_OPSET) with the same input and outputs."""
+    names = ('images',) + SERVING_OUTPUTS
+    proto, _ = tf2onnx.convert.from_graph_def(graph_def, input_names=['images:0'],
+                                              output_names=[name + ':0' for name in SERVING_OUTPUTS],
+                                              opset=ONNX_OPSET)
+    rename_values(proto.graph, {name + ':0': name for name in names})
+    onnx.save(proto, path)
+    log_written('ONNX model (opset {})'.format(ONNX_OPSET), path)
+    return path
+
+
+def rename_values(graph, names):
+    """Rename an ONNX graph's values (its inputs, outputs and node connections) by `names`."""
+    for value in list(graph.input) + list(graph.output):
+        value.name = names.get(value.name, value.name)
+    for node in graph.node:
+        node.input[:] = [names.get(name, name) for name in node.input]
+        node.output[:] = [names.get(name, name) for name in node.output]
 
 
 def export_tflite(saved_model_dir, path, quantize='none', representative_images=None):
@@ -129,8 +157,10 @@ def export_tflite(saved_model_dir, path, quantize='none', representative_images=
     return path
 
 
-def export(model, checkpoint, out_dir, tflite=False, quantize='none', representative=None, name='ghostnet'):
-    """`--export`: OUT_DIR/saved_model and, with `tflite` or quantization, OUT_DIR/NAME[_QUANT].tflite."""
+def export(model, checkpoint, out_dir, tflite=False, quantize='none', representative=None, name='ghostnet',
+           onnx_model=False):
+    """`--export`: OUT_DIR/saved_model; with `tflite` or quantization OUT_DIR/NAME[_QUANT].tflite; with
+    `onnx_model` OUT_DIR/NAME.onnx."""
     if quantize == 'int8' and not representative:
         raise DataError('--quantize int8 needs --representative DIR, a folder of images to calibrate on')
     representative_images = None
@@ -138,11 +168,14 @@ def export(model, checkpoint, out_dir, tflite=False, quantize='none', representa
         paths = image_files(representative)[:REPRESENTATIVE_LIMIT]
         representative_images = load_rgb_batch(paths, model)
         logger.info('Calibrating int8 on {} images from {}'.format(len(paths), representative))
-    written = [export_saved_model(model, checkpoint, os.path.join(out_dir, 'saved_model'))]
+    graph_def = frozen_serving_graph(model, checkpoint)
+    written = [save_saved_model(graph_def, model.image_shape, os.path.join(out_dir, 'saved_model'))]
     if tflite or quantize != 'none':
         filename = name + ('.tflite' if quantize == 'none' else '_{}.tflite'.format(quantize))
         written.append(export_tflite(written[0], os.path.join(out_dir, filename), quantize,
                                      representative_images))
+    if onnx_model:
+        written.append(save_onnx(graph_def, os.path.join(out_dir, name + '.onnx')))
     return written
 
 

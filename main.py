@@ -68,6 +68,7 @@ def get_parser():
     parser.add_argument('--export', metavar='OUT_DIR',
                         help='write OUT_DIR/saved_model (batch norm folded; uint8 RGB in) from --load')
     parser.add_argument('--tflite', action='store_true', help='with --export: also a TFLite file')
+    parser.add_argument('--onnx', action='store_true', help='with --export: also OUT_DIR/<arch>.onnx')
     parser.add_argument('--quantize', choices=export.QUANTIZE_MODES, default='none',
                         help='with --export: TFLite weights (dynamic) or weights and activations '
                              '(int8, calibrated on --representative) in 8 bits')
@@ -147,8 +148,8 @@ def parse_args(argv=None):
     if len(modes) > 1 and set(modes) != {'predict', 'export'}:
         parser.error('choose one of --eval, --flops, --demo, --predict/--export (got {})'.format(
             ', '.join('--' + m for m in modes)))
-    if not args.export and (args.tflite or args.quantize != 'none' or args.representative):
-        parser.error('--tflite, --quantize and --representative go with --export OUT_DIR')
+    if not args.export and (args.tflite or args.onnx or args.quantize != 'none' or args.representative):
+        parser.error('--tflite, --onnx, --quantize and --representative go with --export OUT_DIR')
     args.train = not modes
     if (args.predict or args.export) and not args.load:
         parser.error('--predict and --export need --load, the checkpoint to use')
@@ -391,7 +392,8 @@ def run_export_or_predict(args):
     num_towers(args)    # checks --gpu and --data-format
     model = build_model(args, export.checkpoint_num_classes(ARCHITECTURES[args.arch].model, args.load))
     if args.export:
-        export.export(model, args.load, args.export, args.tflite, args.quantize, args.representative, args.arch)
+        export.export(model, args.load, args.export, args.tflite, args.quantize, args.representative, args.arch,
+                      args.onnx)
     if args.predict:
         for path, top5 in export.predict(model, args.load, args.predict, prediction_class_names(args, model)):
             print(path)

@@ -7,7 +7,9 @@ from unittest import mock
 
 import cv2
 import numpy as np
+import onnxruntime
 import pytest
+from ai_edge_litert.interpreter import Interpreter
 import tensorflow as tf
 from tensorpack.tfutils.argscope import argscope
 from tensorpack.tfutils.tower import TowerContext
@@ -19,7 +21,6 @@ from checkpoint import CheckpointError
 from imagenet_utils import DataError
 
 tfv1 = tf.compat.v1
-pytestmark = pytest.mark.filterwarnings('ignore:.*tf.lite.Interpreter is deprecated:UserWarning')
 
 TOLERANCE = 1e-3
 # Narrow and small, with Ghost ratios 1-4 (slices where ratio 3 leaves spare cheap channels)
@@ -112,8 +113,8 @@ def assert_parity(logits, reference):
 
 
 def run_tflite(path, images):
-    """The serving signature of a TFLite flatbuffer on uint8 RGB images."""
-    return tf.lite.Interpreter(path, num_threads=2).get_signature_runner()(images=images)
+    """The serving signature of a TFLite flatbuffer in LiteRT on uint8 RGB images."""
+    return Interpreter(path, num_threads=2).get_signature_runner()(images=images)
 
 
 @pytest.fixture(scope='module')
@@ -131,15 +132,16 @@ def small_export(tmp_path_factory, small):
     """export.export of the small case with a float TFLite; (written paths, logged messages)."""
     out_dir = str(tmp_path_factory.mktemp('export'))
     with mock.patch.object(export.logger, 'info') as info:
-        written = export.export(small.model, small.checkpoint, out_dir, tflite=True)
+        written = export.export(small.model, small.checkpoint, out_dir, tflite=True, onnx_model=True)
     return written, [call.args[0] for call in info.call_args_list]
 
 
 def test_export_writes_and_logs_paths_and_sizes(small_export):
     written, messages = small_export
-    saved_model, tflite = written
+    saved_model, tflite, onnx_model = written
     assert os.path.isfile(os.path.join(saved_model, 'saved_model.pb'))
     assert tflite.endswith('ghostnet.tflite') and os.path.getsize(tflite) > 0
+    assert onnx_model.endswith('ghostnet.onnx') and os.path.getsize(onnx_model) > 0
     for path in written:
         assert any(path in message and 'MB' in message for message in messages), messages
 
@@ -150,6 +152,16 @@ def test_saved_model_matches_tensorpack(small, small_export):
     assert_parity(outputs['logits'], small.logits)
     np.testing.assert_allclose(outputs['probabilities'], tf.nn.softmax(small.logits), atol=1e-4)
     assert outputs['top5'].dtype == np.int32 and outputs['top5'].shape == (len(small.paths), 5)
+    np.testing.assert_array_equal(outputs['top5'][:, 0], small.logits.argmax(1))
+
+
+def test_onnx_matches_tensorpack_in_onnxruntime(small, small_export):
+    session = onnxruntime.InferenceSession(small_export[0][2])
+    assert [value.name for value in session.get_inputs()] == ['images']
+    outputs = dict(zip([value.name for value in session.get_outputs()], session.run(None, {'images': small.images})))
+    assert sorted(outputs) == ['logits', 'probabilities', 'top5']
+    assert_parity(outputs['logits'], small.logits)
+    np.testing.assert_allclose(outputs['probabilities'], tf.nn.softmax(small.logits), atol=1e-4)
     np.testing.assert_array_equal(outputs['top5'][:, 0], small.logits.argmax(1))
 
 
