@@ -119,9 +119,8 @@ def test_sigterm_mid_epoch_saves_and_the_rerun_ends_exactly(data_dir, tmp_path):
     proc.send_signal(signal.SIGTERM)      # a second one, while it saves, changes nothing
     status, output = finish(proc, log)
     assert status == main.STOPPED, output[-5000:]
-    last = output.strip().splitlines()[-1]
-    stopped = re.fullmatch(r'Training stopped by SIGTERM at global step (\d+): saved (\S+); run the same '
-                           r'command again to resume from it', last)
+    stopped = re.search(r'^Training stopped by SIGTERM at global step (\d+): saved (\S+); run the same '
+                        r'command again to resume from it$', output, re.M)
     assert stopped, output[-5000:]
     step, saved = int(stopped.group(1)), stopped.group(2)
     assert STEPS < step < EPOCHS * STEPS and step % STEPS, step
@@ -220,9 +219,8 @@ def test_killed_worker_stops_training_with_an_error_after_saving(data_dir, tmp_p
     os.kill(worker, signal.SIGKILL)
     status, output = finish(proc, log)
     assert status == 1, output[-5000:]
-    last = output.strip().splitlines()[-1]
-    error = re.fullmatch(r'error: data worker \d of 2 \(pid (\d+)\) was killed by SIGKILL; training stopped at '
-                         r'global step (\d+): saved (\S+); run the same command again to resume from it', last)
+    error = re.search(r'^error: data worker \d of 2 \(pid (\d+)\) was killed by SIGKILL; training stopped at '
+                      r'global step (\d+): saved (\S+); run the same command again to resume from it$', output, re.M)
     assert error and int(error.group(1)) == worker, output[-5000:]
     assert tf.train.load_checkpoint(error.group(3)).get_tensor('global_step') == int(error.group(2))
     assert 'Traceback' not in output
