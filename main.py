@@ -3,6 +3,9 @@
 
     python main.py --data_dir=/path/to/imagenet/dir/ --logdir train_log/ghostnet    # train
     python main.py --eval --data_dir=/path/to/imagenet/dir/ --load=./models/ghostnet_checkpoint
+
+Exit status: 0 done, 1 an error (one `error: ...` line), 2 bad flags, 75 training stopped by a
+signal after saving a checkpoint (run the same command again to resume).
 """
 import argparse
 import gc

@@ -5,6 +5,7 @@ Signals go only to processes this test started (main.py, and the data workers it
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -248,3 +249,16 @@ def test_replicated_trainer_on_two_cpu_devices(data_dir, tmp_path):
     stem = 'MobileNetV2/Conv2d_0/bn/mean/EMA'
     assert stem in tower1
     assert not np.allclose(values[stem], values['initial/' + stem])
+
+
+def test_validation_lists_the_images_it_could_not_decode(data_dir, tmp_path):
+    data = str(tmp_path / 'data')
+    shutil.copytree(data_dir, data)
+    bad = os.path.join(data, 'val', 'ILSVRC2012_val_00000003.JPEG')
+    with open(bad, 'wb') as f:
+        f.write(b'not a JPEG')
+    log = str(tmp_path / 'out.txt')
+    status, output = finish(start(log, '--data_dir', data, '--logdir', str(tmp_path / 'log'), '--epochs', '2',
+                                  '--steps_per_epoch', '1', *SMALL), log)
+    assert status == 0, output[-5000:]
+    assert output.count('Validation skipped 1 images that could not be decoded: {}'.format(bad)) == 2
