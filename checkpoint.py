@@ -141,7 +141,7 @@ class CheckedInit(SessionInit):
     """Restores the model's weights from a checkpoint that holds every one of them, shapes equal.
 
     Only `checkpoint_variables()` are restored: a training checkpoint's global step, learning
-    rate and optimizer slots are not (resuming is AutoResumeTrainConfig's job). With
+    rate and optimizer slots are not (resuming is main.resume_init's job). With
     `fine_tune_scope`, variables under that scope whose shapes differ (a classifier for another
     number of classes) keep their initial values instead, and the log lists them.
     """

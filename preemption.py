@@ -23,7 +23,7 @@ class StopRequest:
     @property
     def reason(self):
         if self.signal_name:
-            return 'received ' + self.signal_name
+            return 'stopped by ' + self.signal_name
         return self.failure
 
     def fail(self, message):
@@ -85,8 +85,10 @@ class SaveAndStop(Callback):
 
     def _trigger_step(self):
         if self._any_rank_requested or (not self.horovod and self.stop_request.reason):
+            if not self.stop_request.reason:
+                self.stop_request.signal_name = "another rank's stop request"
             self._save()
-            raise StopTraining(self.stop_request.reason or 'another rank was asked to stop')
+            raise StopTraining(self.stop_request.reason)
 
     def _after_train(self):
         if self.stop_request.reason and not self._saved:

@@ -221,7 +221,8 @@ def test_killed_worker_stops_training_with_an_error_after_saving(data_dir, tmp_p
     status, output = finish(proc, log)
     assert status == 1, output[-5000:]
     error = re.search(r'^error: data worker \d of 2 \(pid (\d+)\) was killed by SIGKILL; training stopped at '
-                      r'global step (\d+): saved (\S+); run the same command again to resume from it$', output, re.M)
+                      r'global step (\d+): saved (\S+); run the same command again to resume from it$',
+                      output, re.M)
     assert error and int(error.group(1)) == worker, output[-5000:]
     assert tf.train.load_checkpoint(error.group(3)).get_tensor('global_step') == int(error.group(2))
     assert 'Traceback' not in output
