@@ -1,4 +1,4 @@
-"""Training callbacks: the learning-rate schedules, the NaN stop, the bad-image log, Horovod's start."""
+"""Training callbacks: the learning-rate schedules, the NaN stop, the bad-image log, where a run resumes."""
 import math
 
 import compat  # noqa: F401  (must come before TensorFlow)
@@ -12,10 +12,15 @@ tfv1 = tf.compat.v1
 
 
 class BadImageLog(Callback):
-    """Counts and names the training images that could not be decoded; logs them every epoch."""
+    """Counts and names the training images that could not be decoded; logs them every epoch.
+
+    Validation's undecodable images, which its dataflow appends to `validation_names`, are named
+    at the end of each validation (the callback comes after the validation in the list).
+    """
 
     def __init__(self):
         self.names = []
+        self.validation_names = []
         self._logged = 0
 
     def filter(self, datapoint):
@@ -29,6 +34,10 @@ class BadImageLog(Callback):
     def _trigger_epoch(self):
         self.trainer.monitors.put_scalar('bad_images', len(self.names) - self._logged)
         self._logged = len(self.names)
+        if self.validation_names:
+            logger.warn('Validation skipped {} images that could not be decoded: {}'.format(
+                len(self.validation_names), ', '.join(sorted(self.validation_names))))
+            del self.validation_names[:]
 
 
 class StepwiseSchedule(HyperParamSetter):
@@ -98,14 +107,28 @@ class StopOnNonFiniteLoss(Callback):
 
 
 
-class StartAfterBroadcastStep(Callback):
-    """Horovod: every rank starts at the epoch after the global step that rank 0 broadcast.
+class ResumeAtGlobalStep(Callback):
+    """Starts the loop where the global step is: its epoch, and in it the steps not yet run.
 
-    The other ranks may not see rank 0's --logdir (another machine): an epoch read there could
-    differ from rank 0's, and the ranks would run different numbers of steps.
+    A checkpoint saved on a stop may be mid-epoch: the first epoch then runs only its remaining
+    steps, and the run still ends at global step epochs x steps per epoch. Under Horovod the global
+    step is the one rank 0 broadcast: the other ranks may not see rank 0's --logdir (another
+    machine), and an epoch read there could differ from rank 0's.
     """
     _chief_only = False
 
     def _before_train(self):
-        loop = self.trainer.loop   # HorovodTrainer.initialize has broadcast rank 0's global step
+        loop = self.trainer.loop   # restored, or broadcast by HorovodTrainer.initialize, by now
+        self._steps_per_epoch = loop.steps_per_epoch
         loop.config(loop.steps_per_epoch, self.global_step // loop.steps_per_epoch + 1, loop.max_epoch)
+        self._steps_done = self.global_step % loop.steps_per_epoch
+        if self._steps_done:
+            logger.info('Resuming epoch {} after its step {} of {}.'.format(
+                loop.starting_epoch, self._steps_done, self._steps_per_epoch))
+
+    def _before_epoch(self):
+        self.trainer.loop.steps_per_epoch = self._steps_per_epoch - self._steps_done
+
+    def _after_epoch(self):
+        self.trainer.loop.steps_per_epoch = self._steps_per_epoch
+        self._steps_done = 0

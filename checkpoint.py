@@ -37,11 +37,7 @@ def resolve_checkpoint(path):
             raise CheckpointError('{} does not exist'.format(path))
         return path
     if os.path.isdir(path):
-        latest = tf.train.latest_checkpoint(path)
-        if latest is None:
-            raise CheckpointError('{} is a directory without a checkpoint (no "checkpoint" file '
-                                  'naming an existing model-*.index)'.format(path))
-        return latest
+        return latest_intact_checkpoint(path)
     prefix = re.sub(r'\.(index|data-\d+-of-\d+)$', '', path)
     if not os.path.isfile(prefix + '.index'):
         raise CheckpointError('{}.index does not exist: --load takes a checkpoint prefix (the released '
@@ -50,7 +46,56 @@ def resolve_checkpoint(path):
     if not glob.glob(glob.escape(prefix) + '.data-*'):
         raise CheckpointError('{}.index has no {}.data-* file beside it: get both files (python '
                               'models/download.py for the released checkpoint)'.format(prefix, prefix))
+    verify_checkpoint(prefix)
     return prefix
+
+
+def verify_checkpoint(prefix):
+    """CheckpointError naming the file at fault unless every tensor of a TF checkpoint reads back intact.
+
+    Reading checks each tensor's size and CRC32C, so a data file cut short or altered is found here
+    rather than deep inside a restore.
+    """
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+    except (ValueError, tf.errors.OpError) as e:
+        raise CheckpointError('{}.index is not a checkpoint index ({}): copy it again'.format(
+            prefix, getattr(e, 'message', e))) from None
+    for name in sorted(reader.get_variable_to_shape_map()):
+        try:
+            reader.get_tensor(name)
+        except (IndexError, ValueError, tf.errors.OpError) as e:
+            data_files = ', '.join(sorted(glob.glob(glob.escape(prefix) + '.data-*')))
+            raise CheckpointError('{}: truncated or corrupted, reading {} failed ({}): copy it again'.format(
+                data_files, name, getattr(e, 'message', e))) from None
+
+
+def saved_checkpoints(log_dir):
+    """The checkpoints the `checkpoint` file of a training log directory lists, newest first."""
+    state = tf.train.get_checkpoint_state(log_dir)
+    if state is None:
+        return []
+    return list(reversed(state.all_model_checkpoint_paths or [state.model_checkpoint_path]))
+
+
+def latest_intact_checkpoint(log_dir):
+    """The newest checkpoint of a training log directory that reads back intact; a warning names any skipped."""
+    candidates = saved_checkpoints(log_dir)
+    if not candidates:
+        raise CheckpointError('{} is a directory without a checkpoint (no "checkpoint" file '
+                              'naming an existing model-*.index)'.format(log_dir))
+    faults = []
+    for prefix in candidates:
+        try:
+            resolve_checkpoint(prefix)
+        except CheckpointError as e:
+            faults.append(str(e))
+            continue
+        if faults:
+            logger.warn('The latest checkpoint {} is unusable ({}); using {}, the newest intact one'.format(
+                candidates[0], '; '.join(faults), prefix))
+        return prefix
+    raise CheckpointError('{}: no intact checkpoint: {}'.format(log_dir, '; '.join(faults)))
 
 
 def checkpoint_shapes(path):
@@ -96,7 +141,7 @@ class CheckedInit(SessionInit):
     """Restores the model's weights from a checkpoint that holds every one of them, shapes equal.
 
     Only `checkpoint_variables()` are restored: a training checkpoint's global step, learning
-    rate and optimizer slots are not (resuming is AutoResumeTrainConfig's job). With
+    rate and optimizer slots are not (resuming is main.resume_init's job). With
     `fine_tune_scope`, variables under that scope whose shapes differ (a classifier for another
     number of classes) keep their initial values instead, and the log lists them.
     """

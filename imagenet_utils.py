@@ -11,12 +11,13 @@ import cv2
 import numpy as np
 import tensorflow as tf
 from tensorpack import ModelDesc
-from tensorpack.dataflow import (BatchData, DataFromList, MapData, MultiProcessMapDataZMQ,
-                                 ProxyDataFlow, imgaug)
+from tensorpack.dataflow import BatchData, DataFromList, MapData, ProxyDataFlow, imgaug
 from tensorpack.models import regularize_cost
 from tensorpack.predict import MultiTowerOfflinePredictor, OfflinePredictor, PredictConfig
 from tensorpack.tfutils.summary import add_moving_summary
 from tensorpack.utils.utils import get_tqdm
+
+from workers import WatchedMapData
 
 tfv1 = tf.compat.v1
 
@@ -246,11 +247,14 @@ def _load_train_example(augmentor, example):
 
 def get_train_dataflow(examples, batch_size, bad_image_log, image_size=224, min_crop_area=0.08,
                        workers=None):
-    """Shuffled, augmented batches decoded by `workers` processes; bad images go to `bad_image_log`."""
+    """Shuffled, augmented batches decoded by `workers` processes; bad images go to `bad_image_log`.
+
+    The processes die with this one; when one dies, iterating stops (workers.WatchedMapData).
+    """
     examples = [(path, np.int32(label)) for path, label in examples]
     load = functools.partial(_load_train_example, train_augmentor(image_size, min_crop_area))
-    df = MultiProcessMapDataZMQ(DataFromList(examples, shuffle=True), workers or os.cpu_count() or 1,
-                                load, buffer_size=max(2 * batch_size, 64))
+    df = WatchedMapData(DataFromList(examples, shuffle=True), workers or os.cpu_count() or 1,
+                        load, buffer_size=max(2 * batch_size, 64))
     df = MapData(df, bad_image_log.filter)
     return BatchData(df, batch_size, remainder=False)
 

@@ -5,6 +5,9 @@ training, evaluation (--eval), prediction, export, a FLOPs table (--flops), a de
     python main.py --data_dir=/path/to/imagenet/dir/ --logdir train_log/ghostnet    # train
     python main.py --eval --data_dir=/path/to/imagenet/dir/ --load=./models/ghostnet_checkpoint
     python main.py --arch ghost-vgg16 --data_dir=/path/to/cifar-10-batches-py      # CIFAR-10
+
+Exit status: 0 done, 1 an error (one `error: ...` line), 2 bad flags, 75 training stopped by a
+signal after saving a checkpoint (run the same command again to resume).
 """
 import argparse
 import fractions
@@ -15,21 +18,24 @@ import sys
 import compat  # noqa: F401  (must come before TensorFlow)
 import tensorflow as tf
 from tabulate import tabulate
-from tensorpack import (AutoResumeTrainConfig, HorovodTrainer, QueueInput, SimpleTrainer,
-                        SyncMultiGPUTrainerReplicated, TrainConfig, launch_train_with_config)
+from tensorpack import (HorovodTrainer, QueueInput, SimpleTrainer, SyncMultiGPUTrainerReplicated,
+                        TrainConfig, launch_train_with_config)
 from tensorpack.callbacks import (ClassificationError, DataParallelInferenceRunner,
                                   EstimatedTimeLeft, InferenceRunner, MinSaver, ModelSaver,
                                   PeriodicTrigger)
 from tensorpack.dataflow import FakeData
+from tensorpack.tfutils.sessinit import SaverRestore
 from tensorpack.utils import logger
 
 import export
 import flops
 from ghostnet import add_model_arguments, check_model_arguments
 import cifar
-from callbacks import (BadImageLog, StartAfterBroadcastStep, StopOnNonFiniteLoss, WarmupCosineSchedule,
+from callbacks import (BadImageLog, ResumeAtGlobalStep, StopOnNonFiniteLoss, WarmupCosineSchedule,
                        WarmupStepSchedule)
-from checkpoint import CheckedInit, CheckpointError
+from checkpoint import CheckedInit, CheckpointError, latest_intact_checkpoint, saved_checkpoints
+from preemption import SaveAndStop, StopRequest, signals_request_stop
+from workers import watch_workers
 from imagenet_utils import (DataError, evaluate, get_train_dataflow, get_val_dataflow, list_train_images,
                             list_val_images, read_synsets)
 from networks import ARCHITECTURES, CIFAR10, DATASET_CLASSES, build_model
@@ -40,6 +46,9 @@ DEMO_DIR = './demo_data'
 EVAL_BATCH = 256
 # --demo trains briefly on its small sample: defaults that flags given on the command line override
 DEMO_DEFAULTS = dict(image_size=64, batch=32, epochs=10, lr=0.4, warmup_epochs=1)
+# exit statuses: 0 done, 1 an error (one `error: ...` line), 2 bad flags (argparse),
+# STOPPED when a signal stopped training after saving a checkpoint (EX_TEMPFAIL: run it again)
+STOPPED = 75
 
 
 class UsageError(Exception):
@@ -48,6 +57,10 @@ class UsageError(Exception):
 
 class TrainingDiverged(Exception):
     """The training loss became NaN or infinite."""
+
+
+class TrainingStopped(Exception):
+    """A signal (preemption, Ctrl-C) stopped training after it saved a checkpoint."""
 
 
 def get_parser():
@@ -252,8 +265,9 @@ def get_trainer(args, towers):
         # saves: broadcasting its variables once at the start is enough.
         trainer.BROADCAST_EVERY_EPOCH = False
         return trainer
-    if towers > 1:
-        return SyncMultiGPUTrainerReplicated(towers, mode='nccl')
+    if towers > 1:   # NCCL on GPUs; on CPU devices (tests) an all-reduce of add_n, run where it is placed
+        return SyncMultiGPUTrainerReplicated(towers, mode='nccl' if tf.config.list_physical_devices('GPU')
+                                             else 'gpu')
     return SimpleTrainer()
 
 
@@ -291,7 +305,8 @@ def get_data(args, batch_per_tower, bad_image_log, with_val):
     val_df = None
     if with_val:
         val = list_val_images(args.data_dir, args.meta_dir)
-        val_df = get_val_dataflow(val, batch_per_tower, args.image_size, args.workers, bad_images=[])
+        val_df = get_val_dataflow(val, batch_per_tower, args.image_size, args.workers,
+                                  bad_images=bad_image_log.validation_names)
     return train_df, val_df, len(read_synsets(args.meta_dir)), len(train)
 
 
@@ -313,7 +328,16 @@ def learning_rate_schedule(args, steps_per_epoch):
     return WarmupStepSchedule(base_lr, warmup_steps, [round(f * total_steps) for f in args.lr_decay_fractions])
 
 
-def get_config(args, towers, workers, is_chief, stop_on_nan):
+def resume_init(logdir):
+    """Restores everything from the newest intact checkpoint in --logdir, or None without one."""
+    if not saved_checkpoints(logdir):
+        return None
+    path = latest_intact_checkpoint(logdir)
+    logger.info('Will load checkpoint at {}.'.format(path))
+    return SaverRestore(path)
+
+
+def get_config(args, towers, workers, is_chief, stop_on_nan, stop_request):
     """The TrainConfig of the paper's recipe; it resumes from the latest checkpoint in --logdir."""
     if args.batch % (towers * workers):
         raise UsageError('--batch {} does not split evenly over {} GPUs x {} processes'.format(
@@ -322,34 +346,39 @@ def get_config(args, towers, workers, is_chief, stop_on_nan):
     train_df, val_df, num_classes, num_images = get_data(args, args.batch // (towers * workers),
                                                          bad_image_log, with_val=is_chief)
     steps_per_epoch = args.steps_per_epoch or max(num_images // args.batch, 1)
-    callbacks = [ModelSaver(max_to_keep=args.keep_checkpoints), learning_rate_schedule(args, steps_per_epoch),
-                 stop_on_nan, EstimatedTimeLeft()]
-    if args.horovod:
-        callbacks.append(StartAfterBroadcastStep())
+    watch_workers(train_df, stop_request.fail)
+    saver = ModelSaver(max_to_keep=args.keep_checkpoints)
+    callbacks = [saver, learning_rate_schedule(args, steps_per_epoch), stop_on_nan, EstimatedTimeLeft(),
+                 ResumeAtGlobalStep(), SaveAndStop(stop_request, saver, args.horovod)]
     if not args.fake:
-        callbacks.append(bad_image_log)
         if is_chief:
             callbacks += validation_callbacks(val_df, towers, args.val_every)
+        callbacks.append(bad_image_log)
     model = build_model(args, num_classes)
     config = dict(model=model, data=QueueInput(train_df), callbacks=callbacks,
                   steps_per_epoch=steps_per_epoch, max_epoch=args.epochs)
-    if args.load and is_chief:     # Horovod broadcasts rank 0's values to the other ranks
-        config['session_init'] = CheckedInit(args.load, fine_tune_scope=model.classifier_scope)
-    # rank 0 resumes from its --logdir; the other ranks get its variables and epoch from it
-    return AutoResumeTrainConfig(always_resume=True, **config) if is_chief else TrainConfig(**config)
+    # Horovod broadcasts rank 0's values to the other ranks; a checkpoint in --logdir wins over --load
+    session_init = resume_init(args.logdir) if is_chief else None
+    if session_init is None and args.load and is_chief:
+        session_init = CheckedInit(args.load, fine_tune_scope=model.classifier_scope)
+    return TrainConfig(session_init=session_init, **config)
 
 
 def run_train(args, extra_callbacks=()):
-    """Train, resuming from --logdir; ends with a summary, or an error when the loss diverged."""
+    """Train, resuming from --logdir; ends with a summary, or an error when the loss diverged, or
+    when a signal or a dead data worker stopped it (after saving a checkpoint)."""
     towers = 1 if args.horovod else num_towers(args)
     trainer = get_trainer(args, towers)
     workers, is_chief = (trainer.hvd.size(), trainer.hvd.rank() == 0) if args.horovod else (1, True)
     set_logdir(args, is_chief)
     logger.info('Flags: {}'.format(' '.join('--{}={}'.format(k, v) for k, v in sorted(vars(args).items()))))
-    stop_on_nan = StopOnNonFiniteLoss()
-    config = get_config(args, towers, workers, is_chief, stop_on_nan)
+    stop_on_nan, stop_request = StopOnNonFiniteLoss(), StopRequest()
+    config = get_config(args, towers, workers, is_chief, stop_on_nan, stop_request)
     config.callbacks.extend(extra_callbacks)
-    launch_train_with_config(config, trainer)
+    with signals_request_stop(stop_request):
+        launch_train_with_config(config, trainer)
+    if stop_request.reason:
+        raise_stopped(stop_request, trainer.loop.global_step, is_chief)
     if stop_on_nan.bad_step is not None:
         last_good = tf.train.latest_checkpoint(args.logdir)
         raise TrainingDiverged('the loss became NaN or infinite at global step {}; training stopped. {}'.format(
@@ -357,6 +386,18 @@ def run_train(args, extra_callbacks=()):
             else 'No checkpoint was written before it (try a lower --lr)'))
     if is_chief:
         summarize_training(trainer, args.logdir)
+
+
+def raise_stopped(stop_request, global_step, is_chief):
+    """TrainingStopped (a signal) or DataError (a dead worker), saying where it saved and how to resume."""
+    if stop_request.saved:
+        saved = 'saved {}; run the same command again to resume from it'.format(stop_request.saved)
+    else:
+        saved = 'rank 0 saved the checkpoint' if not is_chief else 'no checkpoint was saved'
+    if stop_request.signal_name:
+        raise TrainingStopped('Training stopped by {} at global step {}: {}'.format(
+            stop_request.signal_name, global_step, saved))
+    raise DataError('{}; training stopped at global step {}: {}'.format(stop_request.failure, global_step, saved))
 
 
 def summarize_training(trainer, logdir):
@@ -428,7 +469,8 @@ def print_flops(args):
 
 
 def main(argv=None):
-    """Run the mode the flags select; bad input ends with one `error: ...` line and status 1."""
+    """Run the mode the flags select; bad input ends with one `error: ...` line and status 1, a
+    stop by a signal with one line saying how to resume and status STOPPED."""
     args = parse_args(argv)
     if args.gpu:
         os.environ['CUDA_VISIBLE_DEVICES'] = args.gpu
@@ -445,6 +487,9 @@ def main(argv=None):
             run_train(args)
     except (UsageError, DataError, CheckpointError, TrainingDiverged) as e:
         sys.exit('error: {}'.format(e))
+    except TrainingStopped as e:
+        print(e, file=sys.stderr)
+        sys.exit(STOPPED)
     return 0
 
 

@@ -5,7 +5,7 @@ own shuffled data: they end equal only because Horovod averaged their gradients.
 
 Rank 1 is given its own, empty log directory (train_ranks.py --other_ranks_logdir), as a rank on
 another machine would have: it must neither read nor write a log directory, and on resuming it must
-take its starting epoch from the global step rank 0 broadcast (main.StartAfterBroadcastStep). On
+take its starting epoch from the global step rank 0 broadcast (callbacks.ResumeAtGlobalStep). On
 one machine, where every rank sees the same --logdir, this is the same code path.
 """
 import os

@@ -1,0 +1,101 @@
+"""Stopping training cleanly: on SIGTERM/SIGINT or a dead data worker, save at the step reached, then stop."""
+import contextlib
+import signal
+
+import compat  # noqa: F401  (must come before TensorFlow)
+import tensorflow as tf
+from tensorpack.callbacks import Callback
+from tensorpack.train import StopTraining
+from tensorpack.utils import logger
+
+tfv1 = tf.compat.v1
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class StopRequest:
+    """Why training should stop: a signal's name or a data worker's failure; the first reason holds."""
+
+    def __init__(self):
+        self.signal_name = None
+        self.failure = None
+        self.saved = None     # the checkpoint saved on stopping
+
+    @property
+    def reason(self):
+        if self.signal_name:
+            return 'stopped by ' + self.signal_name
+        return self.failure
+
+    def fail(self, message):
+        if not self.reason:
+            self.failure = message
+
+    def on_signal(self, signum, frame):
+        if self.reason:
+            logger.warn('{} received while stopping: ignored, the checkpoint is being written'.format(
+                signal.Signals(signum).name))
+            return
+        self.signal_name = signal.Signals(signum).name
+        logger.warn('{} received: saving a checkpoint at the step reached, then stopping'.format(
+            self.signal_name))
+
+
+@contextlib.contextmanager
+def signals_request_stop(stop_request):
+    """Within the block, SIGTERM and SIGINT set `stop_request` instead of ending the process."""
+    previous = {signum: signal.signal(signum, stop_request.on_signal) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+class SaveAndStop(Callback):
+    """After the first step that follows a stop request, saves a checkpoint (the chief) and stops.
+
+    Under Horovod the ranks sum their requests at every step, so every rank stops after the same
+    step, whichever rank got the signal. When the input ended first (its workers died), the
+    checkpoint is saved after training. The stop request's `saved` is then the checkpoint's path.
+    """
+    _chief_only = False
+    _saved = False
+
+    def __init__(self, stop_request, model_saver, horovod=False):
+        self.stop_request = stop_request
+        self.model_saver = model_saver
+        self.horovod = horovod
+        self._any_rank_requested = False
+
+    def _setup_graph(self):
+        if self.horovod:
+            hvd = self.trainer.hvd
+            self._requested = tfv1.placeholder(tf.float32, [], name='stop_requested')
+            self._requests = hvd.allreduce(self._requested, op=hvd.Sum)
+
+    def _before_run(self, ctx):
+        if self.horovod:
+            return tfv1.train.SessionRunArgs(fetches=self._requests, feed_dict={
+                self._requested: float(bool(self.stop_request.reason))})
+        return None
+
+    def _after_run(self, ctx, run_values):
+        if self.horovod:
+            self._any_rank_requested = run_values.results > 0
+
+    def _trigger_step(self):
+        if self._any_rank_requested or (not self.horovod and self.stop_request.reason):
+            if not self.stop_request.reason:
+                self.stop_request.signal_name = "another rank's stop request"
+            self._save()
+            raise StopTraining(self.stop_request.reason)
+
+    def _after_train(self):
+        if self.stop_request.reason and not self._saved:
+            self._save()
+
+    def _save(self):
+        self._saved = True
+        if self.trainer.is_chief:
+            self.model_saver.trigger()
+            self.stop_request.saved = tf.train.latest_checkpoint(self.model_saver.checkpoint_dir)
