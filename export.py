@@ -8,9 +8,7 @@ import os
 
 import compat  # noqa: F401  (must come before TensorFlow)
 import numpy as np
-import onnx
 import tensorflow as tf
-import tf2onnx
 from tensorpack.predict import OfflinePredictor, PredictConfig
 from tensorpack.tfutils.tower import TowerContext
 from tensorpack.utils import logger
@@ -121,6 +119,8 @@ def save_saved_model(graph_def, size, directory):
 
 def save_onnx(graph_def, path):
     """A frozen serving graph as an ONNX model (tf2onnx, opset ONNX_OPSET) with the same input and outputs."""
+    import onnx  # imported here: the training-only Horovod stack (.ci/horovod) has no ONNX tools
+    import tf2onnx
     names = ('images',) + SERVING_OUTPUTS
     proto, _ = tf2onnx.convert.from_graph_def(graph_def, input_names=['images:0'],
                                               output_names=[name + ':0' for name in SERVING_OUTPUTS],

@@ -46,6 +46,7 @@ def train(out, data_dir, logdir, rank1_logdir, epochs):
            '--epochs', str(epochs), '--steps_per_epoch', str(STEPS)]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=TIMEOUT, env=dict(os.environ, PYTHONUNBUFFERED='1'))
+    out.mkdir(parents=True, exist_ok=True)   # a rank that failed early never made it
     (out / 'horovodrun.log').write_text(proc.stdout)
     assert proc.returncode == 0, 'horovodrun failed ({}):\n{}'.format(proc.returncode, proc.stdout[-8000:])
     for rank in (0, 1):
