@@ -25,6 +25,9 @@ def data_dir(tmp_path_factory):
                                 train_per_class=32, val_per_class=8, image_size=48)
 
 
+ONE_EPOCH = ['--lr', '0.4', '--warmup_epochs', '0.5', *SMALL]
+
+
 def train(*flags, timeout=300):
     """`main.py` with `flags`; (exit status, stdout + stderr)."""
     run = subprocess.run([sys.executable, os.path.join(ROOT, 'main.py'), *flags], cwd=ROOT,
@@ -32,14 +35,35 @@ def train(*flags, timeout=300):
     return run.returncode, run.stdout
 
 
+@pytest.fixture(scope='module')
+def one_epoch(data_dir, tmp_path_factory):
+    """The log directory of a finished 1-epoch run with ONE_EPOCH; tests continue copies of it."""
+    logdir = str(tmp_path_factory.mktemp('one_epoch') / 'log')
+    status, output = train('--data_dir', data_dir, '--logdir', logdir, '--epochs', '1', *ONE_EPOCH)
+    assert status == 0, output
+    return logdir
+
+
+def copy_of(logdir, tmp_path):
+    """A copy of a log directory (its checkpoint file holds relative paths) under tmp_path."""
+    copy = str(tmp_path / 'log')
+    shutil.copytree(logdir, copy)
+    return copy
+
+
 def stats(logdir):
     with open(os.path.join(logdir, 'stats.json')) as f:
         return json.load(f)
 
 
-def test_short_training_learns(data_dir, tmp_path):
+def test_short_training_learns_past_a_corrupt_image(data_dir, tmp_path):
+    data = str(tmp_path / 'data')
+    shutil.copytree(data_dir, data)
+    bad = os.path.join(data, 'train', 'n00000002', 'n00000002_5.JPEG')
+    with open(bad, 'wb') as f:
+        f.write(b'not a JPEG')
     logdir = str(tmp_path / 'log')
-    status, output = train('--data_dir', data_dir, '--logdir', logdir, '--epochs', '8', '--lr', '0.4',
+    status, output = train('--data_dir', data, '--logdir', logdir, '--epochs', '8', '--lr', '0.4',
                            '--warmup_epochs', '1', *SMALL)
     assert status == 0, output
     history = stats(logdir)
@@ -48,6 +72,8 @@ def test_short_training_learns(data_dir, tmp_path):
     assert history[-1]['val-error-top1'] < 0.5
     assert os.path.exists(os.path.join(logdir, 'min-val-error-top1.index'))
     assert 'Training done at global step 64' in output
+    assert 'Skipped a training image that could not be decoded: {}'.format(bad) in output
+    assert sum(epoch['bad_images'] for epoch in history) >= 1
 
 
 def schedule(step, base_lr, warmup_steps, total_steps):
@@ -57,12 +83,9 @@ def schedule(step, base_lr, warmup_steps, total_steps):
     return base_lr / 2 * (1 + math.cos(math.pi * (step - warmup_steps) / (total_steps - warmup_steps)))
 
 
-def test_resume_continues_the_schedule(data_dir, tmp_path):
-    logdir = str(tmp_path / 'log')
-    flags = ['--data_dir', data_dir, '--logdir', logdir, '--lr', '0.4', '--warmup_epochs', '0.5', *SMALL]
-    status, output = train(*flags, '--epochs', '1')
-    assert status == 0, output
-    status, output = train(*flags, '--epochs', '2')
+def test_resume_continues_the_schedule(data_dir, one_epoch, tmp_path):
+    logdir = copy_of(one_epoch, tmp_path)
+    status, output = train('--data_dir', data_dir, '--logdir', logdir, '--epochs', '2', *ONE_EPOCH)
     assert status == 0, output
     assert 'model-{}'.format(STEPS_PER_EPOCH) in re.search('Will load checkpoint at (.*)', output).group(1)
     first_lr = re.search(r'At global_step=(\d+), learning_rate is set to ([\d.]+)', output)
@@ -76,14 +99,14 @@ def test_resume_continues_the_schedule(data_dir, tmp_path):
     assert saved.has_tensor('MobileNetV2/Conv2d_0/W/Momentum')
 
 
-def test_restart_needs_the_flag_and_keeps_the_old_run(data_dir, tmp_path):
-    logdir = str(tmp_path / 'log')
-    flags = ['--data_dir', data_dir, '--logdir', logdir, '--epochs', '1', '--steps_per_epoch', '2', *SMALL]
-    assert train(*flags)[0] == 0
-    status, output = train(*flags, '--restart')
+def test_restart_needs_the_flag_and_keeps_the_old_run(data_dir, one_epoch, tmp_path):
+    logdir = copy_of(one_epoch, tmp_path)
+    status, output = train('--data_dir', data_dir, '--logdir', logdir, '--epochs', '1', '--steps_per_epoch', '2',
+                           '--restart', *SMALL)
     assert status == 0, output
     assert [epoch['global_step'] for epoch in stats(logdir)] == [2]
-    assert any(name.startswith('log') and name != 'log' for name in os.listdir(str(tmp_path)))
+    kept = [name for name in os.listdir(str(tmp_path)) if name.startswith('log') and name != 'log']
+    assert len(kept) == 1 and os.path.exists(str(tmp_path / kept[0] / 'model-{}.index'.format(STEPS_PER_EPOCH)))
 
 
 def test_fine_tuning_restores_all_but_the_classifier(tmp_path):
@@ -119,24 +142,9 @@ def test_fine_tuning_from_another_width_is_an_error(data_dir, tmp_path):
     assert 'Traceback' not in output
 
 
-def test_corrupt_training_image_is_skipped_and_counted(data_dir, tmp_path):
-    data = str(tmp_path / 'data')
-    shutil.copytree(data_dir, data)
-    bad = os.path.join(data, 'train', 'n00000002', 'n00000002_5.JPEG')
-    with open(bad, 'wb') as f:
-        f.write(b'not a JPEG')
-    logdir = str(tmp_path / 'log')
-    status, output = train('--data_dir', data, '--logdir', logdir, '--epochs', '2', *SMALL)
-    assert status == 0, output
-    assert 'Skipped a training image that could not be decoded: {}'.format(bad) in output
-    assert sum(epoch['bad_images'] for epoch in stats(logdir)) >= 1
-
-
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
-    logdir = str(tmp_path / 'log')
-    flags = ['--data_dir', data_dir, '--logdir', logdir, *SMALL]
-    assert train(*flags, '--epochs', '1')[0] == 0
-    status, output = train(*flags, '--epochs', '2', '--lr', '1e12')
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, one_epoch, tmp_path):
+    logdir = copy_of(one_epoch, tmp_path)
+    status, output = train('--data_dir', data_dir, '--logdir', logdir, '--epochs', '2', '--lr', '1e12', *SMALL)
     assert status == 1
     last = output.strip().splitlines()
     assert any(line.startswith('error: the loss became NaN or infinite') for line in last)
