@@ -56,15 +56,48 @@ def checkpoint_num_classes(model_class, checkpoint):
     return shapes[classifier_bias][0]
 
 
+def stem_folding_getter(model):
+    """A variable-scope custom getter that hands the first 3-channel conv kernel out as `model.stem_kernel`."""
+    folded = []
+
+    def custom_getter(getter, name, *args, **kwargs):
+        variable = getter(name, *args, **kwargs)
+        if folded or variable.shape.rank != 4 or variable.shape[2] != 3:
+            return variable
+        folded.append(name)
+        return model.stem_kernel(variable)
+    return custom_getter, folded
+
+
+def top_k_indices(scores, k):
+    """`tf.math.top_k(scores, k).indices` by k rounds of argmax: LiteRT's TOPK_V2 gives its output no
+    shape when the batch is dynamic, which its CompiledModel API can not run."""
+    classes = tf.range(int(scores.shape[-1]))
+    indices = []
+    for _ in range(k):
+        indices.append(tf.argmax(scores, -1, output_type=tf.int32))
+        taken = tf.equal(classes, indices[-1][:, None])
+        scores = tf.where(taken, tf.constant(-np.inf, scores.dtype), scores)
+    return tf.stack(indices, 1)
+
+
 def serving_graph(model):
-    """The inference network (batch norm folded, no dropout) on uint8 RGB `images`, in a new graph."""
+    """The inference network (batch norm folded, no dropout) on uint8 RGB `images`, in a new graph.
+
+    The BGR order and scaling of `image_preprocess` are folded into the first conv's kernel (see
+    `ImageNetModel.centered_rgb`): no channel reversal or scaling runs on the images.
+    """
     size = model.image_shape
-    with tf.Graph().as_default() as graph, TowerContext('', is_training=False):
+    getter, folded = stem_folding_getter(model)
+    with tf.Graph().as_default() as graph, TowerContext('', is_training=False), \
+            tfv1.variable_scope(tfv1.get_variable_scope(), custom_getter=getter):
         images = tfv1.placeholder(tf.uint8, [None, size, size, 3], 'images')
-        bgr = tf.cast(tf.reverse(images, [-1]), tf.float32)
-        logits = tf.identity(model.get_logits(model.image_preprocess(bgr)), name='logits')
+        logits = tf.identity(model.get_logits(model.centered_rgb(images)), name='logits')
         probabilities = tf.nn.softmax(logits, name='probabilities')
-        tf.identity(tf.math.top_k(probabilities, min(5, model.num_classes)).indices, name='top5')
+        tf.identity(top_k_indices(probabilities, min(5, model.num_classes)), name='top5')
+    if not folded:
+        raise ValueError('{} has no conv on the 3 image channels to fold preprocessing into'.format(
+            type(model).__name__))
     return graph
 
 

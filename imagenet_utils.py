@@ -81,6 +81,19 @@ class ImageNetModel(ModelDesc):
                 image = tf.transpose(image, [0, 3, 1, 2])
             return image
 
+    def centered_rgb(self, images):
+        """uint8 RGB NHWC less 255 x the mean, in `self.data_format`: `image_preprocess` but for the
+        scale and the BGR order, which `stem_kernel` folds into the first conv (zero padding is the same)."""
+        with tf.name_scope('centered_rgb'):
+            image = tf.cast(images, tf.float32) - tf.constant([255 * m for m in self.mean_rgb], tf.float32)
+            if self.data_format in ('NCHW', 'channels_first'):
+                image = tf.transpose(image, [0, 3, 1, 2])
+            return image
+
+    def stem_kernel(self, kernel):
+        """The first conv's kernel [k, k, 3, C] for `centered_rgb` input: BGR rows to RGB, over 255 x std."""
+        return tf.reverse(kernel, [2]) / tf.constant([[[[255 * s] for s in self.std_rgb]]], tf.float32)
+
     def classification_loss(self, logits, label):
         """Mean cross-entropy against labels smoothed by `self.label_smoothing`."""
         smoothed = (tf.one_hot(label, self.num_classes) * (1 - self.label_smoothing)

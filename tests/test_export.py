@@ -9,7 +9,11 @@ import cv2
 import numpy as np
 import onnxruntime
 import pytest
+from ai_edge_litert.compiled_model import CompiledModel
+from ai_edge_litert.cpu_options import CpuOptions
+from ai_edge_litert.hardware_accelerator import HardwareAccelerator
 from ai_edge_litert.interpreter import Interpreter
+from ai_edge_litert.options import Options
 import tensorflow as tf
 from tensorpack.tfutils.argscope import argscope
 from tensorpack.tfutils.tower import TowerContext
@@ -169,6 +173,26 @@ def test_float_tflite_matches_tensorpack(small, small_export):
     outputs = run_tflite(small_export[0][1], small.images)
     assert_parity(outputs['logits'], small.logits)
     np.testing.assert_array_equal(outputs['top5'][:, 0], small.logits.argmax(1))
+
+
+def run_compiled_model(path, images):
+    """The same signature through LiteRT's CompiledModel API (XNNPACK), resized to the batch."""
+    model = CompiledModel.from_file(path, options=Options(hardware_accelerators=HardwareAccelerator.CPU,
+                                                           cpu_options=CpuOptions(num_threads=2)))
+    model.resize_input_tensor_by_name('serving_default', 'images', images.shape)
+    inputs, outputs = model.create_input_buffers(0), model.create_output_buffers(0)
+    inputs[0].write(images)
+    model.run_by_index(0, inputs, outputs)
+    details = model.get_output_tensor_details('serving_default')
+    return {name: buffer.read(int(np.prod(details[name]['shape'])), details[name]['dtype']).reshape(
+        details[name]['shape']) for name, buffer in zip(model.get_signature_list()['serving_default']['outputs'],
+                                                         outputs)}
+
+
+def test_float_tflite_runs_in_litert_compiled_model(small, small_export):
+    outputs = run_compiled_model(small_export[0][1], small.images)
+    assert_parity(outputs['logits'], small.logits)
+    np.testing.assert_array_equal(outputs['top5'], run_tflite(small_export[0][1], small.images)['top5'])
 
 
 @pytest.mark.parametrize('quantize', ['dynamic', 'int8'])
