@@ -2,7 +2,8 @@
 
 Per model: inference latency at batch 1 and throughput at a larger batch through the TF graph
 (tensorpack for GhostNet, tf.keras in a tf.compat.v1 graph for MobileNetV3), the SavedModel
-serving signature and TFLite, and the training step throughput. All weights are random.
+serving signature, TFLite float and int8 in LiteRT, ONNX Runtime, and the training step
+throughput. All weights are random (int8 calibrates on random images).
 Writes OUT.md and OUT.json.
 """
 import argparse
@@ -16,6 +17,8 @@ import time
 
 import compat  # noqa: F401  (must come before TensorFlow)
 import numpy as np
+import onnxruntime
+import tf2onnx
 from ai_edge_litert.interpreter import Interpreter
 import tensorflow as tf
 import tensorpack
@@ -30,7 +33,9 @@ tfv1 = tf.compat.v1
 GHOSTNET_WIDTHS = {'ghostnet-0.5': 0.5, 'ghostnet-1.0': 1.0, 'ghostnet-1.3': 1.3}
 KERAS_MODELS = {'mobilenetv3-large': 'MobileNetV3Large', 'mobilenetv3-small': 'MobileNetV3Small'}
 MODELS = tuple(GHOSTNET_WIDTHS) + tuple(KERAS_MODELS)
-PATHS = ('graph', 'savedmodel', 'tflite', 'train')
+PATHS = ('graph', 'savedmodel', 'tflite', 'tflite-int8', 'onnx', 'train')
+INFERENCE_PATHS = PATHS[:-1]
+CALIBRATION_IMAGES = 8
 NUM_CLASSES = 1000
 PROFILE_TOP = 8   # op types listed per profiled model
 WARMUP_CALLS = 2
@@ -66,6 +71,13 @@ class GhostNetSubject:
             checkpoint = tfv1.train.Saver().save(session, os.path.join(directory, 'model'))
         return export.export_saved_model(self.model, checkpoint, os.path.join(directory, 'saved_model'))
 
+    def onnx(self, session, directory):
+        """The session's weights as export.py's ONNX model; its path."""
+        with session.graph.as_default():
+            checkpoint = tfv1.train.Saver().save(session, os.path.join(directory, 'model'))
+        return export.save_onnx(export.frozen_serving_graph(self.model, checkpoint),
+                                os.path.join(directory, self.name + '.onnx'))
+
 
 class KerasSubject:
     """A tf.keras.applications model with random weights, with its own [0, 255] RGB preprocessing."""
@@ -97,24 +109,37 @@ class KerasSubject:
             session.run(tfv1.global_variables_initializer())
         return session, image, label, fetch
 
-    def saved_model(self, session, directory):
-        """A SavedModel with the same serving signature as export.py's (the weights are new random ones)."""
-        del session  # its weights live in a tf.compat.v1 graph; fresh random ones time the same
+    def serving_module(self):
+        """A tf.Module whose `serve` has export.py's serving signature (the weights are new random ones:
+        those of `graph` live in a tf.compat.v1 graph, and fresh random ones time the same)."""
         module = tf.Module()
         module.network = self.build()
         module.serve = tf.function(lambda images: serving_outputs(module.network(
             tf.cast(images, tf.float32), training=False)), input_signature=[tf.TensorSpec(
                 [None, self.image_size, self.image_size, 3], tf.uint8, name='images')])
-        path = os.path.join(directory, 'saved_model')
+        return module
+
+    def saved_model(self, session, directory):
+        """The serving module as a SavedModel; its path."""
+        del session
+        module, path = self.serving_module(), os.path.join(directory, 'saved_model')
         tf.saved_model.save(module, path, signatures={'serving_default': module.serve})
+        return path
+
+    def onnx(self, session, directory):
+        """The serving module converted by tf2onnx as export.py converts GhostNet's; its path."""
+        del session
+        path = os.path.join(directory, self.name + '.onnx')
+        serve = self.serving_module().serve
+        tf2onnx.convert.from_function(serve, input_signature=serve.input_signature, opset=export.ONNX_OPSET,
+                                      output_path=path)
         return path
 
 
 def serving_outputs(logits):
     """The outputs of export.py's serving signature, from logits."""
     probabilities = tf.nn.softmax(logits)
-    return {'probabilities': probabilities, 'top5': tf.math.top_k(probabilities, 5).indices,
-            'logits': logits}
+    return {'probabilities': probabilities, 'top5': export.top_k_indices(probabilities, 5), 'logits': logits}
 
 
 def minimize(optimizer, cost):
@@ -157,6 +182,14 @@ def tflite_call(path, images):
     interpreter.allocate_tensors()
     interpreter.set_tensor(index, images)
     return interpreter.invoke
+
+
+def onnx_call(path, images):
+    """One run of an ONNX model in ONNX Runtime on every core."""
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = os.cpu_count()
+    session = onnxruntime.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+    return lambda: session.run(None, {'images': images})
 
 
 def training_call(subject_, batch, image_size):
@@ -202,14 +235,19 @@ def prepare_model(name, args, workdir):
     if args.profile:
         timed(graph_call(session, image, probabilities, batches[args.batch]), WARMUP_CALLS)
         info['profile'] = op_type_profile(session, image, probabilities, batches[args.batch])
-    if {'savedmodel', 'tflite'} & set(args.paths):
+    if {'savedmodel', 'tflite', 'tflite-int8'} & set(args.paths):
         saved_model = subject_.saved_model(session, os.path.join(workdir, name))
     if 'savedmodel' in args.paths:
         signature = tf.saved_model.load(saved_model).signatures['serving_default']
         calls.update({('savedmodel', b): saved_model_call(signature, x) for b, x in batches.items()})
-    if 'tflite' in args.paths:
-        flatbuffer = export.export_tflite(saved_model, os.path.join(workdir, name + '.tflite'))
-        calls.update({('tflite', b): tflite_call(flatbuffer, x) for b, x in batches.items()})
+    for path, quantize in (('tflite', 'none'), ('tflite-int8', 'int8')):
+        if path in args.paths:
+            flatbuffer = export.export_tflite(saved_model, os.path.join(workdir, name + path + '.tflite'), quantize,
+                                              random_images(CALIBRATION_IMAGES, args.image_size, seed=1))
+            calls.update({(path, b): tflite_call(flatbuffer, x) for b, x in batches.items()})
+    if 'onnx' in args.paths:
+        onnx_model = subject_.onnx(session, os.path.join(workdir, name))
+        calls.update({('onnx', b): onnx_call(onnx_model, x) for b, x in batches.items()})
     if 'train' in args.paths:
         calls[('train', args.batch)] = training_call(subject_, args.batch, args.image_size)
     return info, calls
@@ -278,18 +316,19 @@ def cell(results, model, path, metric):
 
 
 def goal_lines(results):
-    """The GhostNet 1.0x vs MobileNetV3Large goals, measured against this run."""
+    """GhostNet 1.0x against MobileNetV3Large in this run: must >= 1.0x throughput and <= 1.0x latency,
+    goal 1.2x throughput (1.55x is the multiply-add ratio)."""
     if not {'ghostnet-1.0', 'mobilenetv3-large'} <= set(results):
         return []
     ghost, large = results['ghostnet-1.0'], results['mobilenetv3-large']
     lines = ['', '## GhostNet 1.0x against MobileNetV3Large', '']
-    for path in ('graph', 'savedmodel', 'tflite'):
+    for path in INFERENCE_PATHS:
         if path in ghost and path in large:
             ratio = ghost[path]['throughput'] / large[path]['throughput']
             latency = ghost[path]['latency_ms'] / large[path]['latency_ms']
-            lines.append('- {}: batch throughput {:.2f}x ({}; goal >= 1.2x), batch-1 latency {:.2f}x ({}; '
-                         'goal <= 1.0x)'.format(path, ratio, 'met' if ratio >= 1.2 else 'short', latency,
-                                                'met' if latency <= 1.0 else 'short'))
+            lines.append('- {}: batch throughput {:.2f}x ({}; goal 1.2x {}), batch-1 latency {:.2f}x ({})'.format(
+                path, ratio, 'at least 1.0x' if ratio >= 1.0 else 'below 1.0x', 'met' if ratio >= 1.2 else 'short',
+                latency, 'at most 1.0x' if latency <= 1.0 else 'above 1.0x'))
     if 'train' in ghost and 'train' in large:
         ratio = ghost['train']['throughput'] / large['train']['throughput']
         lines.append('- training: throughput {:.2f}x ({}; goal >= 1.0x)'.format(
@@ -312,22 +351,23 @@ def markdown(report):
     """The report as Markdown: machine, settings, one table row per model, goals, profiles."""
     settings, results = report['settings'], report['results']
     batch = settings['batch']
-    header = ['model', 'params (M)', 'graph b1 ms', 'graph b{} img/s'.format(batch),
-              'SavedModel b1 ms', 'SavedModel b{} img/s'.format(batch), 'TFLite b1 ms',
-              'TFLite b{} img/s'.format(batch), 'train b{} img/s'.format(batch)]
+    header = ['model', 'params (M)'] + ['{} {}'.format(path, unit) for path in INFERENCE_PATHS
+                                        for unit in ('b1 ms', 'b{} img/s'.format(batch))]
+    header.append('train b{} img/s'.format(batch))
     lines = ['# GhostNet benchmark', '',
              'Machine: {cpu}, {cores} cores ({usable_cores} usable), {platform}; Python {python}, '
              'TensorFlow {tensorflow}, tensorpack {tensorpack}, GPUs: {gpus}.'.format(**report['machine']),
              'Load average (1 min) at start and end: {:.2f}, {:.2f}.'.format(*report['load_average']),
              'Settings: {0}x{0} input, random weights; medians of {1} batch-1 and {2} batch-{3} runs, '
              'timed in {4} rounds in which every model and path takes its turn; graph = tensorpack '
-             '(GhostNet) or tf.keras in a tf.compat.v1 graph (MobileNetV3); TFLite on {5} threads.'.format(
+             '(GhostNet) or tf.keras in a tf.compat.v1 graph (MobileNetV3); TFLite (LiteRT) and ONNX Runtime '
+             'on {5} threads.'.format(
                  settings['image_size'], settings['rounds'] * settings['iters'],
                  settings['rounds'] * settings['batch_iters'], batch, settings['rounds'],
                  report['machine']['cores']),
              '', '| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
     for model, result in results.items():
-        cells = [cell(results, model, path, metric) for path in ('graph', 'savedmodel', 'tflite')
+        cells = [cell(results, model, path, metric) for path in INFERENCE_PATHS
                  for metric in ('latency_ms', 'throughput')]
         cells.append(cell(results, model, 'train', 'throughput'))
         lines.append('| ' + ' | '.join([model, '{:g}'.format(result['params_m'])] + cells) + ' |')
