@@ -18,7 +18,7 @@ from sample_data import write_cifar_sample
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES, TRAIN_PER_CLASS, TEST_PER_CLASS, PER_FILE = 10, 60, 20, 250   # files of 250, 250, 100 images
 TRAIN = ['--arch', 'ghost-resnet56', '--batch', '16', '--lr', '0.8', '--warmup_epochs', '0.5', '--lr_decay_at', '3/4',
-         '--val_every', '2', '--epochs', '2']
+         '--val_every', '4', '--epochs', '4']
 
 
 @pytest.fixture(scope='module')
