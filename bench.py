@@ -139,7 +139,7 @@ class KerasSubject:
 def serving_outputs(logits):
     """The outputs of export.py's serving signature, from logits."""
     probabilities = tf.nn.softmax(logits)
-    return {'probabilities': probabilities, 'top5': export.top_k_indices(probabilities, 5), 'logits': logits}
+    return {'probabilities': probabilities, 'top5': export.top_k_classes(logits, 5), 'logits': logits}
 
 
 def minimize(optimizer, cost):

@@ -5,8 +5,9 @@
 
 Writes a sample of ImageNet-sized JPEGs (shorter side about 300-500 px) to a temporary folder and
 measures, in images per second:
-  evaluation: decoding + resizing alone (the val dataflow), the model alone (fixed batches),
-              and `main.py --eval` end to end;
+  evaluation: decoding + resizing alone (the val dataflow), the model alone (fixed batches of the
+              tensorpack graph in inference mode, and of the exported SavedModel), and
+              `main.py --eval` end to end;
   training:   decoding + augmenting alone (the training dataflow), a training step alone
               (`main.py --fake`), and training on the JPEGs (`main.py --data_dir`).
 """
@@ -21,8 +22,11 @@ import time
 
 import compat  # noqa: F401  (must come before TensorFlow)
 import numpy as np
+import tensorflow as tf
 from tensorpack.predict import OfflinePredictor, PredictConfig
+from tensorpack.tfutils.tower import TowerContext
 
+import export
 from bench import machine
 from ghostnet import GhostNet
 from callbacks import BadImageLog
@@ -31,6 +35,7 @@ from sample_data import write_sample_dataset
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 SAMPLE_CLASSES = 8
+tfv1 = tf.compat.v1
 UNIT_SECONDS = {'day': 86400, 'hour': 3600, 'minute': 60, 'second': 1}  # tensorpack: "1 minute 3 seconds"
 
 
@@ -55,6 +60,26 @@ def model_rate(args, batches):
     start = time.perf_counter()
     for _ in range(batches):
         predictor(images)
+    return batches * args.batch / (time.perf_counter() - start)
+
+
+def saved_model_rate(args, workdir, batches):
+    """Images per second of the exported SavedModel's serving signature on fixed uint8 batches."""
+    model = GhostNet(num_classes=1000, width=args.width_ratio, image_shape=args.image_size)
+    with tf.Graph().as_default(), tfv1.Session() as sess:
+        build = [tfv1.placeholder(spec.dtype, spec.shape, spec.name) for spec in model.get_input_signature()]
+        with TowerContext('', is_training=False):
+            model.build_graph(*build)
+        sess.run(tfv1.global_variables_initializer())
+        checkpoint = tfv1.train.Saver().save(sess, os.path.join(workdir, 'model'))
+    directory = export.export_saved_model(model, checkpoint, os.path.join(workdir, 'saved_model'))
+    serve = tf.saved_model.load(directory).signatures['serving_default']
+    images = tf.constant(np.random.RandomState(0).randint(0, 256, (args.batch, args.image_size,
+                                                                   args.image_size, 3), dtype=np.uint8))
+    serve(images=images)
+    start = time.perf_counter()
+    for _ in range(batches):
+        serve(images=images)
     return batches * args.batch / (time.perf_counter() - start)
 
 
@@ -103,7 +128,8 @@ def measure(args, workdir):
                                args.image_size, workers=args.workers)
     results = {
         'eval: decode + resize + crop': images_per_second(val, batches),
-        'eval: model alone': model_rate(args, batches),
+        'eval: model alone (tensorpack graph)': model_rate(args, batches),
+        'eval: model alone (exported SavedModel)': saved_model_rate(args, workdir, batches),
         'eval: main.py --eval end to end': eval_end_to_end(args, data_dir),
         'train: decode + augment': images_per_second(train, batches),
     }
@@ -123,6 +149,9 @@ def markdown(report):
                                   report['batch'], report['workers']), '',
              '| measurement | images/s |', '|---|---|']
     lines += ['| {} | {:.1f} |'.format(name, rate) for name, rate in report['results'].items()]
+    results = report['results']
+    lines += ['', '`--eval` end to end runs at {:.2f}x the exported SavedModel alone (must: at least 0.7x).'.format(
+        results['eval: main.py --eval end to end'] / results['eval: model alone (exported SavedModel)'])]
     lines += ['', 'Training input queue (of 50) at the end: --fake {:.0f}, JPEGs {:.0f}: a queue that '
                   'stays near empty means the step waits for data.'.format(
                       *(report['queue'][k] for k in ('fake', 'jpeg')))]
@@ -136,7 +165,7 @@ def parse_args(argv=None):
     parser.add_argument('--image_size', type=int, default=224)
     parser.add_argument('--batch', type=int, default=32)
     parser.add_argument('--workers', type=int, default=os.cpu_count() or 1)
-    parser.add_argument('--images', type=int, default=320, help='JPEGs written per split')
+    parser.add_argument('--images', type=int, default=1024, help='JPEGs written per split')
     parser.add_argument('--train_steps', type=int, default=8, help='timed training steps')
     parser.add_argument('--out', default='results/bench_pipeline', help='writes OUT.md and OUT.json')
     return parser.parse_args(argv)

@@ -69,15 +69,16 @@ def stem_folding_getter(model):
     return custom_getter, folded
 
 
-def top_k_indices(scores, k):
-    """`tf.math.top_k(scores, k).indices` by k rounds of argmax: LiteRT's TOPK_V2 gives its output no
-    shape when the batch is dynamic, which its CompiledModel API can not run."""
+def top_k_classes(scores, k):
+    """`tf.math.top_k(scores, k).indices` by k rounds of argmax, each marking the class it took below the
+    lowest score. LiteRT's TOPK_V2 gives its output no shape when the batch is dynamic, which its
+    CompiledModel API can not run; a finite mark keeps an int8 model's quantization range."""
     classes = tf.range(int(scores.shape[-1]))
+    taken_mark = tf.reduce_min(scores, -1, keepdims=True) - 1
     indices = []
     for _ in range(k):
         indices.append(tf.argmax(scores, -1, output_type=tf.int32))
-        taken = tf.equal(classes, indices[-1][:, None])
-        scores = tf.where(taken, tf.constant(-np.inf, scores.dtype), scores)
+        scores = tf.where(tf.equal(classes, indices[-1][:, None]), taken_mark, scores)
     return tf.stack(indices, 1)
 
 
@@ -94,7 +95,7 @@ def serving_graph(model):
         images = tfv1.placeholder(tf.uint8, [None, size, size, 3], 'images')
         logits = tf.identity(model.get_logits(model.centered_rgb(images)), name='logits')
         probabilities = tf.nn.softmax(logits, name='probabilities')
-        tf.identity(top_k_indices(probabilities, min(5, model.num_classes)), name='top5')
+        tf.identity(top_k_classes(logits, min(5, model.num_classes)), name='top5')   # the order of probabilities
     if not folded:
         raise ValueError('{} has no conv on the 3 image channels to fold preprocessing into'.format(
             type(model).__name__))
