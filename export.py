@@ -10,11 +10,13 @@ import compat  # noqa: F401  (must come before TensorFlow)
 import numpy as np
 import tensorflow as tf
 from tensorpack.predict import OfflinePredictor, PredictConfig
+from tensorpack.tfutils.argscope import argscope
 from tensorpack.tfutils.tower import TowerContext
 from tensorpack.utils import logger
 
 from checkpoint import CheckedInit, CheckpointError, checkpoint_shapes, resolve_checkpoint
 from imagenet_utils import DataError, decode_image
+from myconv2d import ConvBN, DepthConv, SELayer
 
 tfv1 = tf.compat.v1
 
@@ -82,16 +84,19 @@ def top_k_classes(scores, k):
     return tf.stack(indices, 1)
 
 
-def serving_graph(model):
+def serving_graph(model, fold_bn=True):
     """The inference network (batch norm folded, no dropout) on uint8 RGB `images`, in a new graph.
 
     The BGR order and scaling of `image_preprocess` are folded into the first conv's kernel (see
-    `ImageNetModel.centered_rgb`): no channel reversal or scaling runs on the images.
+    `ImageNetModel.centered_rgb`): no channel reversal or scaling runs on the images. With
+    `fold_bn=False` batch norm stays apart, for converters that fold it themselves, and the Ghost
+    modules' outputs are concatenated (int8 keeps its precision on whole sums, not partial ones).
     """
     size = model.image_shape
     getter, folded = stem_folding_getter(model)
     with tf.Graph().as_default() as graph, TowerContext('', is_training=False), \
-            tfv1.variable_scope(tfv1.get_variable_scope(), custom_getter=getter):
+            tfv1.variable_scope(tfv1.get_variable_scope(), custom_getter=getter), \
+            argscope([ConvBN, DepthConv, SELayer], fold_bn=fold_bn):
         images = tfv1.placeholder(tf.uint8, [None, size, size, 3], 'images')
         logits = tf.identity(model.get_logits(model.centered_rgb(images)), name='logits')
         probabilities = tf.nn.softmax(logits, name='probabilities')
@@ -102,9 +107,9 @@ def serving_graph(model):
     return graph
 
 
-def frozen_serving_graph(model, checkpoint):
+def frozen_serving_graph(model, checkpoint, fold_bn=True):
     """`serving_graph` with the checkpoint's values as constants; CheckpointError if it does not fit."""
-    graph = serving_graph(model)
+    graph = serving_graph(model, fold_bn)
     with graph.as_default(), tfv1.Session(graph=graph) as sess:
         CheckedInit(checkpoint).init(sess)
         return tfv1.graph_util.convert_variables_to_constants(sess, graph.as_graph_def(), SERVING_OUTPUTS)
@@ -132,9 +137,9 @@ def log_written(what, path):
     logger.info('Wrote {} to {} ({:.2f} MB)'.format(what, path, file_size(path) / 2 ** 20))
 
 
-def export_saved_model(model, checkpoint, directory):
+def export_saved_model(model, checkpoint, directory, fold_bn=True):
     """The inference network of `model` with the checkpoint's values as a SavedModel in `directory`."""
-    return save_saved_model(frozen_serving_graph(model, checkpoint), model.image_shape, directory)
+    return save_saved_model(frozen_serving_graph(model, checkpoint, fold_bn), model.image_shape, directory)
 
 
 def save_saved_model(graph_def, size, directory):
@@ -194,7 +199,7 @@ def export_tflite(saved_model_dir, path, quantize='none', representative_images=
 def export(model, checkpoint, out_dir, tflite=False, quantize='none', representative=None, name='ghostnet',
            onnx_model=False):
     """`--export`: OUT_DIR/saved_model; with `tflite` or quantization OUT_DIR/NAME[_QUANT].tflite; with
-    `onnx_model` OUT_DIR/NAME.onnx."""
+    `onnx_model` OUT_DIR/NAME.onnx. For int8 every file is made from the graph with batch norm apart."""
     if quantize == 'int8' and not representative:
         raise DataError('--quantize int8 needs --representative DIR, a folder of images to calibrate on')
     representative_images = None
@@ -202,7 +207,7 @@ def export(model, checkpoint, out_dir, tflite=False, quantize='none', representa
         paths = image_files(representative)[:REPRESENTATIVE_LIMIT]
         representative_images = load_rgb_batch(paths, model)
         logger.info('Calibrating int8 on {} images from {}'.format(len(paths), representative))
-    graph_def = frozen_serving_graph(model, checkpoint)
+    graph_def = frozen_serving_graph(model, checkpoint, fold_bn=quantize != 'int8')   # see serving_graph
     written = [save_saved_model(graph_def, model.image_shape, os.path.join(out_dir, 'saved_model'))]
     if tflite or quantize != 'none':
         filename = name + ('.tflite' if quantize == 'none' else '_{}.tflite'.format(quantize))

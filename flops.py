@@ -4,7 +4,10 @@ import collections
 import compat  # noqa: F401  (must come before TensorFlow)
 import numpy as np
 import tensorflow as tf
+from tensorpack.tfutils.argscope import argscope
 from tensorpack.tfutils.tower import TowerContext
+
+from myconv2d import ConvBN, DepthConv, SELayer
 
 tfv1 = tf.compat.v1
 
@@ -16,8 +19,10 @@ COUNTED_OPS = ('Conv2D', 'DepthwiseConv2dNative', 'MatMul')
 
 
 def inference_graph(model):
-    """`model`'s network on one image of its input size, in a new graph, for counting."""
-    with tf.Graph().as_default() as graph, TowerContext('', is_training=False):
+    """`model`'s network on one image of its input size, in a new graph, for counting: batch norm kept
+    apart, so that every layer is one conv op of its own scope (the folded form splits some)."""
+    with tf.Graph().as_default() as graph, TowerContext('', is_training=False), \
+            argscope([ConvBN, DepthConv, SELayer], fold_bn=False):
         size = model.image_shape
         model.get_logits(model.image_preprocess(tfv1.placeholder(tf.float32, [1, size, size, 3], 'input')))
     return graph

@@ -7,6 +7,7 @@ folds each batch norm into the conv before it, from the same variables under the
 import math
 
 import compat  # noqa: F401  (must come before TensorFlow)
+import numpy as np
 import tensorflow as tf
 from tensorpack.models import BatchNorm, layer_register
 from tensorpack.models.batch_norm import get_bn_variables
@@ -57,18 +58,63 @@ def convolve(x, kernel, strides, depthwise, data_format):
     return conv(x, kernel, strides4, 'SAME', data_format='NCHW' if nchw else 'NHWC')
 
 
+def channel_parts(x, data_format):
+    """The inputs of `x` when it is a concatenation along the channels (a Ghost module's output), else [x]."""
+    op = x.op
+    while op.type == 'Identity':
+        op = op.inputs[0].op
+    if op.type != 'ConcatV2' or tf.get_static_value(op.inputs[-1]) not in (channel_axis(data_format), -1):
+        return [x]
+    return list(op.inputs[:-1])
+
+
+def part_slices(parts, data_format):
+    """(start, end) of each part's channels in their concatenation."""
+    ends = np.cumsum([int(part.shape[channel_axis(data_format)]) for part in parts])
+    return list(zip(np.concatenate([[0], ends[:-1]]), ends))
+
+
+def convolve_by_parts(x, kernel, bias, strides, depthwise, relu, data_format):
+    """conv + bias (+ ReLU) as inference runs it. On a channel concatenation (a Ghost module's output)
+    a depthwise conv runs on each part and a conv sums its parts' convs, when that moves less memory than
+    the concatenation does (3 x out < 2 x in channels): the concatenation is then never computed."""
+    nchw_format = 'NCHW' if is_nchw(data_format) else 'NHWC'
+    activation = tf.nn.relu if relu else tf.identity
+    parts = channel_parts(x, data_format)
+    per_part = depthwise and int(kernel.shape[3]) == 1
+    summed = not depthwise and 3 * int(kernel.shape[3]) < 2 * int(kernel.shape[2])
+    if len(parts) == 1 or not (per_part or summed):
+        return activation(tf.nn.bias_add(convolve(x, kernel, strides, depthwise, data_format), bias,
+                                         data_format=nchw_format), name='output')
+    slices = part_slices(parts, data_format)
+    if per_part:
+        outputs = [activation(tf.nn.bias_add(convolve(part, kernel[:, :, start:end], strides, True, data_format),
+                                             bias[start:end], data_format=nchw_format))
+                   for part, (start, end) in zip(parts, slices)]
+        return tf.concat(outputs, channel_axis(data_format), name='output')
+    convs = [convolve(part, kernel[:, :, start:end], strides, False, data_format)
+             for part, (start, end) in zip(parts, slices)]
+    x = tf.nn.bias_add(convs[0], bias, data_format=nchw_format)   # the bias where converters fuse it
+    for conv in convs[1:]:
+        x = tf.add(x, conv)
+    return activation(x, name='output')
+
+
 def conv_bn_relu(x, kernel, strides, depthwise, bn, relu, use_bias, bn_name, data_format, fold_bn):
     """The layer body: conv, then BN (folded into the conv in inference) or a bias, then ReLU."""
     channels = int(kernel.shape[2] * kernel.shape[3]) if depthwise else int(kernel.shape[3])
     nchw_format = 'NCHW' if is_nchw(data_format) else 'NHWC'
-    bias = None
-    if bn and fold_bn and not get_current_tower_context().is_training:
+    inference = fold_bn and not get_current_tower_context().is_training
+    if bn and inference:
         with tfv1.variable_scope(bn_name):
             kernel, bias = folded_batch_norm(kernel, channels, depthwise)
-    elif use_bias:
+        return convolve_by_parts(x, kernel, bias, strides, depthwise, relu, data_format)
+    if use_bias:
         bias = tfv1.get_variable('b', [channels], initializer=tf.zeros_initializer())
+        if inference:
+            return convolve_by_parts(x, kernel, bias, strides, depthwise, relu, data_format)
     x = convolve(x, kernel, strides, depthwise, data_format)
-    if bias is not None:
+    if use_bias:
         x = tf.nn.bias_add(x, bias, data_format=nchw_format)
     elif bn:
         x = BatchNorm(bn_name, x, data_format='channels_first' if nchw_format == 'NCHW' else 'channels_last')
@@ -126,11 +172,18 @@ def GhostModule(x, filters, kernel_size=1, dw_size=3, ratio=2, strides=1, bn=Tru
 
 
 @layer_register(log_shape=True)
-def SELayer(x, reduction=4, data_format='NHWC'):
-    """Squeeze-and-excitation with the released hard gate `clip(x, 0, 1)`."""
+def SELayer(x, reduction=4, data_format='NHWC', fold_bn=True):
+    """Squeeze-and-excitation with the released hard gate `clip(x, 0, 1)`; in inference, on a Ghost
+    module's output, each part is gated apart (see `convolve_by_parts`)."""
     channels = int(x.shape[channel_axis(data_format)])
-    squeezed = tf.reduce_mean(x, spatial_axes(data_format), keepdims=True)
-    fc_args = dict(bn=False, use_bias=True, data_format=data_format)
+    parts = channel_parts(x, data_format) if fold_bn and not get_current_tower_context().is_training else [x]
+    axis = channel_axis(data_format)
+    means = [tf.reduce_mean(part, spatial_axes(data_format), keepdims=True) for part in parts]
+    squeezed = means[0] if len(parts) == 1 else tf.concat(means, axis)
+    fc_args = dict(bn=False, use_bias=True, data_format=data_format, fold_bn=fold_bn)
     hidden = ConvBN('fc1', squeezed, int(channels / reduction), relu=True, **fc_args)
     gate = tf.clip_by_value(ConvBN('fc2', hidden, channels, relu=False, **fc_args), 0., 1.)
-    return tf.multiply(x, gate, name='output')
+    if len(parts) == 1:
+        return tf.multiply(x, gate, name='output')
+    gates = [gate[:, start:end] if axis == 1 else gate[..., start:end] for start, end in part_slices(parts, data_format)]
+    return tf.concat([part * part_gate for part, part_gate in zip(parts, gates)], axis, name='output')

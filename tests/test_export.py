@@ -20,7 +20,7 @@ from tensorpack.tfutils.tower import TowerContext
 
 import export
 from ghostnet import HEAD_CHANNELS, GhostNet
-from myconv2d import ConvBN, DepthConv
+from myconv2d import ConvBN, DepthConv, SELayer
 from checkpoint import CheckpointError
 from imagenet_utils import DataError
 
@@ -70,7 +70,7 @@ def randomized_checkpoint(model, directory, images_rgb, seed=0):
         tfv1.set_random_seed(seed)
         inputs = [tfv1.placeholder(spec.dtype, spec.shape, spec.name)
                   for spec in model.get_input_signature()]
-        with TowerContext('', is_training=False), argscope([ConvBN, DepthConv], fold_bn=False):
+        with TowerContext('', is_training=False), argscope([ConvBN, DepthConv, SELayer], fold_bn=False):
             model.build_graph(*inputs)
         with tfv1.Session() as sess:
             sess.run(tfv1.global_variables_initializer())

@@ -8,7 +8,7 @@ from tensorpack.tfutils.argscope import argscope
 from tensorpack.tfutils.tower import TowerContext
 
 from ghostnet import BOTTLENECKS, GhostNet
-from myconv2d import ConvBN, DepthConv, GhostModule
+from myconv2d import ConvBN, DepthConv, GhostModule, SELayer
 
 tfv1 = tf.compat.v1
 EPSILON = 1e-5
@@ -178,7 +178,7 @@ def test_inference_folds_batch_norm_into_the_conv(depthwise, multiplier, relu):
             return DepthConv('c', x, 3, channel_multiplier=multiplier, strides=2, relu=relu)
         return ConvBN('c', x, 6, 3, strides=2, relu=relu)
     folded, values = run_layer(layer, inputs)
-    with argscope([ConvBN, DepthConv], fold_bn=False):
+    with argscope([ConvBN, DepthConv, SELayer], fold_bn=False):
         unfolded, _ = run_layer(layer, inputs)
     bn = 'c/bn/' if relu else 'c/output/'
     kernel = values['c/W']

@@ -9,7 +9,7 @@ import export
 import flops
 import main
 from checkpoint import checkpoint_variables
-from myconv2d import ConvBN, DepthConv
+from myconv2d import ConvBN, DepthConv, SELayer
 from networks import ARCHITECTURES, build_model
 from resnet import ResNet50
 from resnet_cifar import ResNet56
@@ -68,7 +68,7 @@ def randomized_graph(model, fold_bn, seed=0):
     gamma_range = (0.2, 0.6) if isinstance(model, (ResNet50, ResNet56)) else (0.5, 1.5)
     graph = tf.Graph()
     with graph.as_default(), TowerContext('', is_training=False), \
-            argscope([ConvBN, DepthConv], fold_bn=fold_bn):
+            argscope([ConvBN, DepthConv, SELayer], fold_bn=fold_bn):
         image = tfv1.placeholder(tf.float32, [None, model.image_shape, model.image_shape, 3], 'input')
         logits = model.get_logits(model.image_preprocess(image))
         variables = checkpoint_variables()
