@@ -65,11 +65,12 @@ class GhostNetSubject:
             session.run(tfv1.global_variables_initializer())
         return session, image, label, fetch
 
-    def saved_model(self, session, directory):
-        """Save the session's weights and export them with export.py; returns the SavedModel path."""
+    def saved_model(self, session, directory, fold_bn=True):
+        """Save the session's weights and export them with export.py; returns the SavedModel path.
+        `fold_bn=False` gives the graph export.py quantizes to int8."""
         with session.graph.as_default():
             checkpoint = tfv1.train.Saver().save(session, os.path.join(directory, 'model'))
-        return export.export_saved_model(self.model, checkpoint, os.path.join(directory, 'saved_model'))
+        return export.export_saved_model(self.model, checkpoint, os.path.join(directory, 'saved_model'), fold_bn)
 
     def onnx(self, session, directory):
         """The session's weights as export.py's ONNX model; its path."""
@@ -119,9 +120,9 @@ class KerasSubject:
                 [None, self.image_size, self.image_size, 3], tf.uint8, name='images')])
         return module
 
-    def saved_model(self, session, directory):
-        """The serving module as a SavedModel; its path."""
-        del session
+    def saved_model(self, session, directory, fold_bn=True):
+        """The serving module as a SavedModel; its path (the converter folds its batch norm)."""
+        del session, fold_bn
         module, path = self.serving_module(), os.path.join(directory, 'saved_model')
         tf.saved_model.save(module, path, signatures={'serving_default': module.serve})
         return path
@@ -242,7 +243,9 @@ def prepare_model(name, args, workdir):
         calls.update({('savedmodel', b): saved_model_call(signature, x) for b, x in batches.items()})
     for path, quantize in (('tflite', 'none'), ('tflite-int8', 'int8')):
         if path in args.paths:
-            flatbuffer = export.export_tflite(saved_model, os.path.join(workdir, name + path + '.tflite'), quantize,
+            source = saved_model if quantize == 'none' else subject_.saved_model(
+                session, os.path.join(workdir, name + '-int8'), fold_bn=False)   # as export.export quantizes
+            flatbuffer = export.export_tflite(source, os.path.join(workdir, name + path + '.tflite'), quantize,
                                               random_images(CALIBRATION_IMAGES, args.image_size, seed=1))
             calls.update({(path, b): tflite_call(flatbuffer, x) for b, x in batches.items()})
     if 'onnx' in args.paths:

@@ -69,7 +69,10 @@ def class_names(data_dir):
     names = load_pickle(path).get('label_names')
     if not isinstance(names, list) or not names:
         raise DataError('{}: has no label_names list'.format(path))
-    return [name.decode('utf-8') if isinstance(name, bytes) else str(name) for name in names]
+    try:
+        return [name.decode('utf-8') if isinstance(name, bytes) else str(name) for name in names]
+    except UnicodeDecodeError:
+        raise DataError('{}: its label_names are not UTF-8 text'.format(path)) from None
 
 
 def read_batch(path, num_classes):
@@ -80,19 +83,30 @@ def read_batch(path, num_classes):
             data.shape[1] != 3 * IMAGE_SIZE * IMAGE_SIZE:
         raise DataError('{}: `data` must be a uint8 array [N, {}], got {}'.format(
             path, 3 * IMAGE_SIZE * IMAGE_SIZE, _describe(data)))
-    if not isinstance(labels, (list, np.ndarray)) or len(labels) != len(data):
-        raise DataError('{}: {} images in `data` but {} `labels`'.format(
-            path, len(data), len(labels) if isinstance(labels, (list, np.ndarray)) else _describe(labels)))
-    try:
-        labels = np.asarray(labels, np.int64)
-    except (TypeError, ValueError):
-        raise DataError('{}: `labels` must be integers'.format(path)) from None
-    out_of_range = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    label_array = integer_array(labels)
+    if label_array is None:
+        raise DataError('{}: `labels` must be a list of integers, got {}'.format(path, _describe(labels)))
+    if len(label_array) != len(data):
+        raise DataError('{}: {} images in `data` but {} `labels`'.format(path, len(data), len(label_array)))
+    out_of_range = np.flatnonzero((label_array < 0) | (label_array >= num_classes))
     if len(out_of_range):
         raise DataError('{}: label {} (image {}) is out of range for the {} classes of batches.meta'.format(
-            path, labels[out_of_range[0]], out_of_range[0], num_classes))
+            path, label_array[out_of_range[0]], out_of_range[0], num_classes))
     rgb = data.reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE).transpose(0, 2, 3, 1)
-    return np.ascontiguousarray(rgb[..., ::-1]), labels.astype(np.int32)
+    return np.ascontiguousarray(rgb[..., ::-1]), label_array.astype(np.int32)
+
+
+def integer_array(values):
+    """A list or array of integers as a 1-D integer array; None for anything else."""
+    if not isinstance(values, (list, np.ndarray)):
+        return None
+    try:
+        array = np.asarray(values)
+    except ValueError:   # ragged
+        return None
+    if array.ndim != 1 or (len(array) and not np.issubdtype(array.dtype, np.integer)):
+        return None
+    return array
 
 
 def _describe(value):

@@ -5,6 +5,7 @@ conv before it; dropout is gone), frozen with the checkpoint's values. The servi
 uint8 RGB images [N, S, S, 3] and returns `probabilities`, `top5` (int32 class indices) and `logits`.
 """
 import os
+import tempfile
 
 import compat  # noqa: F401  (must come before TensorFlow)
 import numpy as np
@@ -199,23 +200,34 @@ def export_tflite(saved_model_dir, path, quantize='none', representative_images=
 def export(model, checkpoint, out_dir, tflite=False, quantize='none', representative=None, name='ghostnet',
            onnx_model=False):
     """`--export`: OUT_DIR/saved_model; with `tflite` or quantization OUT_DIR/NAME[_QUANT].tflite; with
-    `onnx_model` OUT_DIR/NAME.onnx. For int8 every file is made from the graph with batch norm apart."""
+    `onnx_model` OUT_DIR/NAME.onnx. int8 is quantized from the graph with batch norm apart (see serving_graph)."""
     if quantize == 'int8' and not representative:
         raise DataError('--quantize int8 needs --representative DIR, a folder of images to calibrate on')
+    make_out_dir(out_dir)
     representative_images = None
     if quantize == 'int8':
         paths = image_files(representative)[:REPRESENTATIVE_LIMIT]
         representative_images = load_rgb_batch(paths, model)
         logger.info('Calibrating int8 on {} images from {}'.format(len(paths), representative))
-    graph_def = frozen_serving_graph(model, checkpoint, fold_bn=quantize != 'int8')   # see serving_graph
+    graph_def = frozen_serving_graph(model, checkpoint)
     written = [save_saved_model(graph_def, model.image_shape, os.path.join(out_dir, 'saved_model'))]
     if tflite or quantize != 'none':
         filename = name + ('.tflite' if quantize == 'none' else '_{}.tflite'.format(quantize))
-        written.append(export_tflite(written[0], os.path.join(out_dir, filename), quantize,
-                                     representative_images))
+        with tempfile.TemporaryDirectory() as workdir:
+            source = written[0] if quantize != 'int8' else export_saved_model(
+                model, checkpoint, os.path.join(workdir, 'saved_model'), fold_bn=False)
+            written.append(export_tflite(source, os.path.join(out_dir, filename), quantize, representative_images))
     if onnx_model:
         written.append(save_onnx(graph_def, os.path.join(out_dir, name + '.onnx')))
     return written
+
+
+def make_out_dir(out_dir):
+    """OUT_DIR made if needed; DataError naming it when it can not be."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise DataError('--export {}: can not make this folder: {}'.format(out_dir, e.strerror)) from None
 
 
 # ---------------------------------------------------------------- prediction

@@ -173,10 +173,23 @@ def parse_args(argv=None):
     if args.data_dir and not args.meta_dir:
         args.meta_dir = os.path.join(args.data_dir, 'caffe_ilsvrc12')
     args.batch = args.batch or (ARCHITECTURES[args.arch].recipe['batch'] if args.train else EVAL_BATCH)
-    for name in ('batch', 'workers', 'image_size', 'epochs', 'val_every', 'keep_checkpoints'):
-        if getattr(args, name) < 1:
-            parser.error('--{} must be positive'.format(name))
+    check_ranges(args, parser)
     return args
+
+
+def check_ranges(args, parser):
+    """A usage error for a numeric flag outside the values it can take."""
+    positive = ('batch', 'workers', 'image_size', 'epochs', 'val_every', 'keep_checkpoints', 'lr')
+    ranges = [(name, getattr(args, name) > 0, 'must be positive') for name in positive]
+    ranges += [('steps_per_epoch', args.steps_per_epoch is None or args.steps_per_epoch > 0, 'must be positive'),
+               ('weight_decay', args.weight_decay >= 0, 'must be at least 0'),
+               ('warmup_epochs', args.warmup_epochs >= 0, 'must be at least 0'),
+               ('label_smoothing', 0 <= args.label_smoothing < 1, 'must be at least 0 and below 1'),
+               ('dropout_keep_prob', 0 < args.dropout_keep_prob <= 1, 'must be above 0 and at most 1'),
+               ('min_crop_area', 0 < args.min_crop_area <= 1, 'must be above 0 and at most 1')]
+    for name, ok, rule in ranges:
+        if not ok:
+            parser.error('--{} {} (got {})'.format(name, rule, getattr(args, name)))
 
 
 def architecture_list():
@@ -193,12 +206,15 @@ def apply_recipe(args, parser):
             setattr(args, name, value)
     if args.min_crop_area is None:
         args.min_crop_area = 0.49 if args.width_ratio < 1 else 0.08
+    if arch.ghost is not None and (args.width_ratio != 1 or not args.se):
+        parser.error('--width_ratio and --se are GhostNet\'s (--arch ghostnet)')
     if not arch.ghost and (args.ratio is not None or args.dw is not None):
         parser.error('--ratio and --dw set the Ghost modules of the ghost-* networks{}'.format(
             '; GhostNet takes --ratio_code_str and --dw_code_str' if args.arch == 'ghostnet' else ''))
     if arch.ghost is not None and (args.dw_code_str or args.ratio_code_str):
         parser.error('--dw_code_str and --ratio_code_str are GhostNet\'s; use --ratio and --dw')
-    args.ratio, args.dw = args.ratio or 2, args.dw or 3
+    args.ratio = 2 if args.ratio is None else args.ratio
+    args.dw = 3 if args.dw is None else args.dw
     if args.ratio < 1 or args.dw < 1:
         parser.error('--ratio and --dw must be positive')
     if arch.dataset == CIFAR10 and args.demo:
@@ -296,10 +312,12 @@ def get_data(args, batch_per_tower, bad_image_log, with_val):
         return fake, None, classes, 100 * args.batch
     if dataset == CIFAR10:
         images, labels, names = cifar.read_split(args.data_dir, 'train')
+        check_batch_fits(args, batch_per_tower, len(images))
         val_df = cifar.get_eval_dataflow(*cifar.read_split(args.data_dir, 'test')[:2], batch_per_tower) \
             if with_val else None
         return cifar.get_train_dataflow(images, labels, batch_per_tower), val_df, len(names), len(images)
     train = list_train_images(args.data_dir, args.meta_dir)
+    check_batch_fits(args, batch_per_tower, len(train))
     train_df = get_train_dataflow(train, batch_per_tower, bad_image_log, args.image_size,
                                   args.min_crop_area, args.workers)
     val_df = None
@@ -308,6 +326,13 @@ def get_data(args, batch_per_tower, bad_image_log, with_val):
         val_df = get_val_dataflow(val, batch_per_tower, args.image_size, args.workers,
                                   bad_images=bad_image_log.validation_names)
     return train_df, val_df, len(read_synsets(args.meta_dir)), len(train)
+
+
+def check_batch_fits(args, batch_per_tower, num_images):
+    """UsageError when one tower's batch needs more images than training has."""
+    if batch_per_tower > num_images:
+        raise UsageError('--batch {}: {} images per tower and step, but {} holds {} training images'.format(
+            args.batch, batch_per_tower, args.data_dir, num_images))
 
 
 def validation_callbacks(val_df, towers, every_k_epochs):

@@ -4,7 +4,7 @@ Class i (wnid n00000000 + i) has its own hue and stripe orientation; saturation,
 stripe period and phase, size, aspect ratio and noise vary from image to image.
 """
 import os
-import pickle
+import struct
 
 import cv2
 import numpy as np
@@ -104,7 +104,7 @@ def write_cifar_sample(root, num_classes=10, train_per_class=50, test_per_class=
     meta = {b'label_names': [b'class%d' % i for i in range(num_classes)], b'num_cases_per_batch': per_batch_file,
             b'num_vis': 3072}
     with open(os.path.join(folder, 'batches.meta'), 'wb') as f:
-        pickle.dump(meta, f, protocol=2)
+        f.write(python2_pickle(meta))
     return root
 
 
@@ -116,4 +116,30 @@ def _write_cifar_batch(path, rng, labels, num_classes, batch_label):
     batch = {b'batch_label': batch_label.encode(), b'labels': [int(label) for label in labels], b'data': data,
              b'filenames': [b'sample_%05d.png' % i for i in range(len(labels))]}
     with open(path, 'wb') as f:
-        pickle.dump(batch, f, protocol=2)
+        f.write(python2_pickle(batch))
+
+
+def python2_pickle(value):
+    """`value` (dicts, lists, bytes, ints, uint8 arrays) pickled as the official files are: Python 2's
+    protocol 2, bytes as Python 2 strings, arrays by `numpy.core.multiarray._reconstruct`."""
+    return b'\x80\x02' + _python2_opcodes(value) + b'.'
+
+
+def _python2_opcodes(value):
+    if isinstance(value, dict):   # EMPTY_DICT, MARK, key value ..., SETITEMS
+        return b'}(' + b''.join(_python2_opcodes(k) + _python2_opcodes(v) for k, v in value.items()) + b'u'
+    if isinstance(value, list):   # EMPTY_LIST, MARK, item ..., APPENDS
+        return b'](' + b''.join(_python2_opcodes(item) for item in value) + b'e'
+    if isinstance(value, bytes):  # SHORT_BINSTRING or BINSTRING
+        if len(value) < 256:
+            return b'U' + bytes([len(value)]) + value
+        return b'T' + struct.pack('<i', len(value)) + value
+    if isinstance(value, int):    # BININT
+        return b'J' + struct.pack('<i', value)
+    assert value.dtype == np.uint8, value.dtype
+    # _reconstruct(ndarray, (0,), 'b'), then its state (1, shape, dtype('u1'), False, raw bytes): BUILD
+    dtype = (b'cnumpy\ndtype\n' + _python2_opcodes(b'u1') + b'K\x00K\x01\x87R'
+             b'(K\x03' + _python2_opcodes(b'|') + b'NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb')
+    shape = b'(' + b''.join(_python2_opcodes(int(n)) for n in value.shape) + b't'
+    return (b'cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85' + _python2_opcodes(b'b') +
+            b'\x87R(K\x01' + shape + dtype + b'\x89' + _python2_opcodes(value.tobytes()) + b'tb')

@@ -54,7 +54,10 @@ def test_sample_is_in_the_official_format(data_dir):
     assert sorted(os.listdir(folder)) == ['batches.meta', 'data_batch_1', 'data_batch_2', 'data_batch_3',
                                           'test_batch']
     with open(os.path.join(folder, 'data_batch_3'), 'rb') as f:
-        batch = pickle.load(f, encoding='bytes')
+        raw = f.read()
+    # as Python 2 wrote the official files: protocol 2, Python 2 strings, numpy.core's _reconstruct
+    assert raw.startswith(b'\x80\x02}(U\x0bbatch_label') and b'cnumpy.core.multiarray\n_reconstruct\n' in raw
+    batch = pickle.loads(raw, encoding='bytes')
     assert batch[b'data'].shape == (100, 3072) and batch[b'data'].dtype == np.uint8 and len(batch[b'labels']) == 100
     images, labels, names = cifar.read_split(folder, 'train')    # the folder itself works too
     assert images.shape == (600, 32, 32, 3) and names == ['class{}'.format(i) for i in range(CLASSES)]
@@ -122,6 +125,9 @@ def test_missing_folder_is_an_error_and_nothing_is_downloaded(tmp_path, capfd):
     ('lengths', 'test_batch: 200 images in `data` but 199 `labels`'),
     ('label', 'test_batch: label 10 (image 3) is out of range for the 10 classes of batches.meta'),
     ('shape', 'test_batch: `data` must be a uint8 array [N, 3072], got uint8 [200, 1024]'),
+    ('huge label', 'test_batch: `labels` must be a list of integers, got list'),
+    ('float labels', 'test_batch: `labels` must be a list of integers, got float64 [200]'),
+    ('scalar labels', 'test_batch: `labels` must be a list of integers, got int64 []'),
 ])
 def test_bad_batch_file_is_named(broken, capfd, damage, expected):
     path = os.path.join(broken, 'test_batch')
@@ -134,10 +140,29 @@ def test_bad_batch_file_is_named(broken, capfd, damage, expected):
         write_batch(path, {**batch, b'labels': batch[b'labels'][:-1]})
     elif damage == 'label':
         write_batch(path, {**batch, b'labels': batch[b'labels'][:3] + [10] + batch[b'labels'][4:]})
+    elif damage == 'huge label':
+        write_batch(path, {**batch, b'labels': batch[b'labels'][:3] + [2 ** 70] + batch[b'labels'][4:]})
+    elif damage == 'float labels':
+        write_batch(path, {**batch, b'labels': np.asarray(batch[b'labels'], np.float64) + 0.5})
+    elif damage == 'scalar labels':
+        write_batch(path, {**batch, b'labels': np.array(3, np.int64)})
     else:
         write_batch(path, {**batch, b'data': batch[b'data'][:, :1024]})
     message = error_of(capfd, '--arch', 'resnet56', '--eval', '--data_dir', broken)
     assert expected in message and broken in message
+
+
+def test_bad_input_exits_with_status_1_and_one_error_line(tmp_path):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'main.py'), '--arch', 'resnet56', '--eval',
+                           '--data_dir', str(tmp_path / 'none')], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and 'Traceback' not in proc.stderr
+    assert proc.stderr.rstrip('\n').splitlines()[-1].startswith('error: --data_dir {}: no '.format(tmp_path / 'none'))
+
+
+def test_batch_larger_than_the_training_set_is_an_error(data_dir, tmp_path, capfd):
+    message = error_of(capfd, '--arch', 'resnet56', '--data_dir', data_dir, '--batch', '100000',
+                       '--logdir', str(tmp_path / 'log'))
+    assert '--batch 100000: 100000 images per tower and step' in message and 'training images' in message
 
 
 class RunsCode:

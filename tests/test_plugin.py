@@ -179,6 +179,16 @@ def test_step_schedule_divides_at_its_fractions_of_training(arch, epochs, divisi
     (['--arch', 'vgg16', '--image_size', '64'], '--image_size is 32 for the CIFAR-10 networks'),
     (['--arch', 'resnet56', '--lr_decay_at', '3/4,1/2'], '--lr_decay_at: increasing fractions'),
     (['--arch', 'resnet56', '--lr_decay_at', 'half'], '--lr_decay_at takes fractions'),
+    (['--arch', 'ghost-resnet56', '--ratio', '0'], '--ratio and --dw must be positive'),
+    (['--arch', 'ghost-resnet56', '--dw', '0'], '--ratio and --dw must be positive'),
+    (['--arch', 'resnet56', '--width_ratio', '0.5'], "--width_ratio and --se are GhostNet's"),
+    (['--steps_per_epoch', '0'], '--steps_per_epoch must be positive (got 0)'),
+    (['--lr', '-0.1'], '--lr must be positive (got -0.1)'),
+    (['--dropout_keep_prob', '0'], '--dropout_keep_prob must be above 0 and at most 1 (got 0.0)'),
+    (['--label_smoothing', '1'], '--label_smoothing must be at least 0 and below 1 (got 1.0)'),
+    (['--min_crop_area', '1.5'], '--min_crop_area must be above 0 and at most 1 (got 1.5)'),
+    (['--warmup_epochs', '-1'], '--warmup_epochs must be at least 0 (got -1.0)'),
+    (['--weight_decay=-1e-4'], '--weight_decay must be at least 0 (got -0.0001)'),
 ])
 def test_bad_flags_are_usage_errors(flags, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
