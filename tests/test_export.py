@@ -172,6 +172,7 @@ def test_onnx_matches_tensorpack_in_onnxruntime(small, small_export):
 def test_float_tflite_matches_tensorpack(small, small_export):
     outputs = run_tflite(small_export[0][1], small.images)
     assert_parity(outputs['logits'], small.logits)
+    np.testing.assert_allclose(outputs['probabilities'], tf.nn.softmax(small.logits), atol=1e-4)
     np.testing.assert_array_equal(outputs['top5'][:, 0], small.logits.argmax(1))
 
 
@@ -192,12 +193,19 @@ def run_compiled_model(path, images):
 def test_float_tflite_runs_in_litert_compiled_model(small, small_export):
     outputs = run_compiled_model(small_export[0][1], small.images)
     assert_parity(outputs['logits'], small.logits)
+    np.testing.assert_allclose(outputs['probabilities'], tf.nn.softmax(small.logits), atol=1e-4)
     np.testing.assert_array_equal(outputs['top5'], run_tflite(small_export[0][1], small.images)['top5'])
 
 
 @pytest.mark.parametrize('quantize', ['dynamic', 'int8'])
-def test_quantized_tflite_runs_and_reports_top1_agreement(small, small_export, quantize, tmp_path):
-    path = export.export_tflite(small_export[0][0], str(tmp_path / 'q.tflite'), quantize, small.images)
+def test_quantized_tflite_runs_and_reports_top1_agreement(small, quantize, tmp_path):
+    representative = os.path.dirname(small.paths[0]) if quantize == 'int8' else None
+    saved_model, path = export.export(small.model, small.checkpoint, str(tmp_path), quantize=quantize,
+                                      representative=representative)
+    assert path.endswith('ghostnet_{}.tflite'.format(quantize))
+    # OUT/saved_model is the folded float network whatever the TFLite file is
+    signature = tf.saved_model.load(saved_model).signatures['serving_default']
+    assert_parity(signature(images=tf.constant(small.images))['logits'].numpy(), small.logits)
     outputs = run_tflite(path, small.images)
     agreement = np.mean(outputs['logits'].argmax(1) == small.logits.argmax(1))
     print('{} TFLite: top-1 agreement with tensorpack {:.0%} on {} images, max |logits diff| {:.3f}'.format(
@@ -209,6 +217,12 @@ def test_int8_without_representative_images_fails_before_writing(small, tmp_path
     with pytest.raises(DataError, match='representative'):
         export.export(small.model, small.checkpoint, str(tmp_path), quantize='int8')
     assert os.listdir(tmp_path) == []
+
+
+def test_export_folder_that_can_not_be_made_is_named(small, tmp_path):
+    (tmp_path / 'file').write_text('')
+    with pytest.raises(DataError, match='--export .*file/out: can not make this folder'):
+        export.export(small.model, small.checkpoint, str(tmp_path / 'file' / 'out'))
 
 
 def test_full_size_saved_model_matches_tensorpack(tmp_path, jpegs):
