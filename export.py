@@ -89,7 +89,8 @@ def serving_graph(model, fold_bn=True):
     """The inference network (batch norm folded, no dropout) on uint8 RGB `images`, in a new graph.
 
     The BGR order and scaling of `image_preprocess` are folded into the first conv's kernel (see
-    `ImageNetModel.centered_rgb`): no channel reversal or scaling runs on the images. With
+    `ImageNetModel.centered_rgb`): no channel reversal or scaling runs on the images, and the layers
+    after a Ghost module take its output by parts (`myconv2d.convolve_by_parts`). With
     `fold_bn=False` batch norm stays apart, for converters that fold it themselves, and the Ghost
     modules' outputs are concatenated (int8 keeps its precision on whole sums, not partial ones).
     """
@@ -97,7 +98,7 @@ def serving_graph(model, fold_bn=True):
     getter, folded = stem_folding_getter(model)
     with tf.Graph().as_default() as graph, TowerContext('', is_training=False), \
             tfv1.variable_scope(tfv1.get_variable_scope(), custom_getter=getter), \
-            argscope([ConvBN, DepthConv, SELayer], fold_bn=fold_bn):
+            argscope([ConvBN, DepthConv, SELayer], fold_bn=fold_bn, by_parts=fold_bn):
         images = tfv1.placeholder(tf.uint8, [None, size, size, 3], 'images')
         logits = tf.identity(model.get_logits(model.centered_rgb(images)), name='logits')
         probabilities = tf.nn.softmax(logits, name='probabilities')
@@ -116,11 +117,12 @@ def frozen_serving_graph(model, checkpoint, fold_bn=True):
         return tfv1.graph_util.convert_variables_to_constants(sess, graph.as_graph_def(), SERVING_OUTPUTS)
 
 
-def serving_function(graph_def):
-    """A TF2 function of the frozen graph: uint8 RGB images to {'probabilities', 'top5', 'logits'}."""
+def serving_function(graph_def, outputs=SERVING_OUTPUTS):
+    """A TF2 function of the frozen graph: uint8 RGB images to {'probabilities', 'top5', 'logits'} (or
+    to the nodes `outputs` names)."""
     wrapped = tfv1.wrap_function(lambda: tfv1.import_graph_def(graph_def, name=''), [])
     tensor = wrapped.graph.get_tensor_by_name
-    return wrapped.prune(tensor('images:0'), {name: tensor(name + ':0') for name in SERVING_OUTPUTS})
+    return wrapped.prune(tensor('images:0'), {name: tensor(name + ':0') for name in outputs})
 
 
 # ---------------------------------------------------------------- SavedModel, TFLite, ONNX
@@ -143,17 +145,18 @@ def export_saved_model(model, checkpoint, directory, fold_bn=True):
     return save_saved_model(frozen_serving_graph(model, checkpoint, fold_bn), model.image_shape, directory)
 
 
-def save_saved_model(graph_def, size, directory):
-    """A frozen serving graph of S x S images as a SavedModel with a `serving_default` signature."""
+def save_saved_model(graph_def, size, directory, outputs=SERVING_OUTPUTS):
+    """A frozen serving graph of S x S images as a SavedModel with a `serving_default` signature
+    (whose outputs are the nodes `outputs` names)."""
     if not tf.executing_eagerly():
         raise RuntimeError('export needs eager execution: call it outside any tf.Graph or tf.Session '
                            'context, in a process where tensorpack training has not disabled eager')
     module = tf.Module()
-    module.network = serving_function(graph_def)
+    module.network = serving_function(graph_def, outputs)
     module.serve = tf.function(lambda images: module.network(images), input_signature=[
         tf.TensorSpec([None, size, size, 3], tf.uint8, name='images')])
     tf.saved_model.save(module, directory, signatures={'serving_default': module.serve.get_concrete_function()})
-    log_written('SavedModel (uint8 RGB [N, {0}, {0}, 3] -> probabilities, top5, logits)'.format(size), directory)
+    log_written('SavedModel (uint8 RGB [N, {0}, {0}, 3] -> {1})'.format(size, ', '.join(outputs)), directory)
     return directory
 
 

@@ -179,11 +179,10 @@ def parse_args(argv=None):
 
 def check_ranges(args, parser):
     """A usage error for a numeric flag outside the values it can take."""
-    positive = ('batch', 'workers', 'image_size', 'epochs', 'val_every', 'keep_checkpoints', 'lr')
+    positive = ('batch', 'workers', 'image_size', 'epochs', 'val_every', 'keep_checkpoints')
     ranges = [(name, getattr(args, name) > 0, 'must be positive') for name in positive]
+    ranges += [(name, getattr(args, name) >= 0, 'must be at least 0') for name in ('lr', 'weight_decay', 'warmup_epochs')]
     ranges += [('steps_per_epoch', args.steps_per_epoch is None or args.steps_per_epoch > 0, 'must be positive'),
-               ('weight_decay', args.weight_decay >= 0, 'must be at least 0'),
-               ('warmup_epochs', args.warmup_epochs >= 0, 'must be at least 0'),
                ('label_smoothing', 0 <= args.label_smoothing < 1, 'must be at least 0 and below 1'),
                ('dropout_keep_prob', 0 < args.dropout_keep_prob <= 1, 'must be above 0 and at most 1'),
                ('min_crop_area', 0 < args.min_crop_area <= 1, 'must be above 0 and at most 1')]

@@ -74,13 +74,14 @@ def part_slices(parts, data_format):
     return list(zip(np.concatenate([[0], ends[:-1]]), ends))
 
 
-def convolve_by_parts(x, kernel, bias, strides, depthwise, relu, data_format):
-    """conv + bias (+ ReLU) as inference runs it. On a channel concatenation (a Ghost module's output)
-    a depthwise conv runs on each part and a conv sums its parts' convs, when that moves less memory than
-    the concatenation does (3 x out < 2 x in channels): the concatenation is then never computed."""
+def convolve_by_parts(x, kernel, bias, strides, depthwise, relu, data_format, by_parts):
+    """conv + bias (+ ReLU) as inference runs it. With `by_parts`, on a channel concatenation (a Ghost
+    module's output) a depthwise conv runs on each part and a conv sums its parts' convs, when that moves
+    less memory than the concatenation does (3 x out < 2 x in channels): the concatenation is then never
+    computed."""
     nchw_format = 'NCHW' if is_nchw(data_format) else 'NHWC'
     activation = tf.nn.relu if relu else tf.identity
-    parts = channel_parts(x, data_format)
+    parts = channel_parts(x, data_format) if by_parts else [x]
     per_part = depthwise and int(kernel.shape[3]) == 1
     summed = not depthwise and 3 * int(kernel.shape[3]) < 2 * int(kernel.shape[2])
     if len(parts) == 1 or not (per_part or summed):
@@ -100,7 +101,7 @@ def convolve_by_parts(x, kernel, bias, strides, depthwise, relu, data_format):
     return activation(x, name='output')
 
 
-def conv_bn_relu(x, kernel, strides, depthwise, bn, relu, use_bias, bn_name, data_format, fold_bn):
+def conv_bn_relu(x, kernel, strides, depthwise, bn, relu, use_bias, bn_name, data_format, fold_bn, by_parts):
     """The layer body: conv, then BN (folded into the conv in inference) or a bias, then ReLU."""
     channels = int(kernel.shape[2] * kernel.shape[3]) if depthwise else int(kernel.shape[3])
     nchw_format = 'NCHW' if is_nchw(data_format) else 'NHWC'
@@ -108,11 +109,11 @@ def conv_bn_relu(x, kernel, strides, depthwise, bn, relu, use_bias, bn_name, dat
     if bn and inference:
         with tfv1.variable_scope(bn_name):
             kernel, bias = folded_batch_norm(kernel, channels, depthwise)
-        return convolve_by_parts(x, kernel, bias, strides, depthwise, relu, data_format)
+        return convolve_by_parts(x, kernel, bias, strides, depthwise, relu, data_format, by_parts)
     if use_bias:
         bias = tfv1.get_variable('b', [channels], initializer=tf.zeros_initializer())
         if inference:
-            return convolve_by_parts(x, kernel, bias, strides, depthwise, relu, data_format)
+            return convolve_by_parts(x, kernel, bias, strides, depthwise, relu, data_format, by_parts)
     x = convolve(x, kernel, strides, depthwise, data_format)
     if use_bias:
         x = tf.nn.bias_add(x, bias, data_format=nchw_format)
@@ -123,17 +124,17 @@ def conv_bn_relu(x, kernel, strides, depthwise, bn, relu, use_bias, bn_name, dat
 
 @layer_register(log_shape=True)
 def ConvBN(x, filters, kernel_size=1, strides=1, bn=True, relu=True, use_bias=False, data_format='NHWC',
-           fold_bn=True):
+           fold_bn=True, by_parts=False):
     """Conv `W` [k, k, in, filters], then BN under `bn/` (or a bias `b` with bn=False), then ReLU."""
     in_channels = int(x.shape[channel_axis(data_format)])
     kernel = tfv1.get_variable('W', [kernel_size, kernel_size, in_channels, filters],
                                initializer=kernel_initializer())
-    return conv_bn_relu(x, kernel, strides, False, bn, relu, use_bias, 'bn', data_format, fold_bn)
+    return conv_bn_relu(x, kernel, strides, False, bn, relu, use_bias, 'bn', data_format, fold_bn, by_parts)
 
 
 @layer_register(log_shape=True)
 def DepthConv(x, kernel_size, channel_multiplier=1, strides=1, bn=True, relu=False, use_bias=False,
-              data_format='NHWC', kernel_name='W', fold_bn=True):
+              data_format='NHWC', kernel_name='W', fold_bn=True, by_parts=False):
     """Depthwise conv [k, k, in, multiplier], then BN (+ ReLU).
 
     The BN is under `bn/` with a ReLU and `output/` without, as in the released checkpoint
@@ -143,7 +144,7 @@ def DepthConv(x, kernel_size, channel_multiplier=1, strides=1, bn=True, relu=Fal
     kernel = tfv1.get_variable(kernel_name, [kernel_size, kernel_size, in_channels, channel_multiplier],
                                initializer=kernel_initializer())
     return conv_bn_relu(x, kernel, strides, True, bn, relu, use_bias, 'bn' if relu else 'output',
-                        data_format, fold_bn)
+                        data_format, fold_bn, by_parts)
 
 
 @layer_register(log_shape=True)
@@ -172,15 +173,16 @@ def GhostModule(x, filters, kernel_size=1, dw_size=3, ratio=2, strides=1, bn=Tru
 
 
 @layer_register(log_shape=True)
-def SELayer(x, reduction=4, data_format='NHWC', fold_bn=True):
-    """Squeeze-and-excitation with the released hard gate `clip(x, 0, 1)`; in inference, on a Ghost
-    module's output, each part is gated apart (see `convolve_by_parts`)."""
+def SELayer(x, reduction=4, data_format='NHWC', fold_bn=True, by_parts=False):
+    """Squeeze-and-excitation with the released hard gate `clip(x, 0, 1)`; in inference `by_parts`, on a
+    Ghost module's output, each part is gated apart (see `convolve_by_parts`)."""
     channels = int(x.shape[channel_axis(data_format)])
-    parts = channel_parts(x, data_format) if fold_bn and not get_current_tower_context().is_training else [x]
+    inference_by_parts = by_parts and fold_bn and not get_current_tower_context().is_training
+    parts = channel_parts(x, data_format) if inference_by_parts else [x]
     axis = channel_axis(data_format)
     means = [tf.reduce_mean(part, spatial_axes(data_format), keepdims=True) for part in parts]
     squeezed = means[0] if len(parts) == 1 else tf.concat(means, axis)
-    fc_args = dict(bn=False, use_bias=True, data_format=data_format, fold_bn=fold_bn)
+    fc_args = dict(bn=False, use_bias=True, data_format=data_format, fold_bn=fold_bn, by_parts=by_parts)
     hidden = ConvBN('fc1', squeezed, int(channels / reduction), relu=True, **fc_args)
     gate = tf.clip_by_value(ConvBN('fc2', hidden, channels, relu=False, **fc_args), 0., 1.)
     if len(parts) == 1:

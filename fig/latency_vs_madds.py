@@ -3,7 +3,8 @@
 
     python fig/latency_vs_madds.py --bench results/bench_results.json --out fig/latency_vs_madds.png
 
-One panel per inference path (tensorpack graph, SavedModel, TFLite); a marker at the median
+One panel per inference path of the report (tensorpack graph, SavedModel, TFLite float and int8 in
+LiteRT, ONNX Runtime); a marker at the median
 latency, a bar down to the best. Multiply-adds are counted by flops.py at the benchmark's input
 size: GhostNet on its tensorpack graph, MobileNetV3 on the tf.keras model traced at batch 1.
 """
@@ -25,7 +26,8 @@ from bench import GHOSTNET_WIDTHS, KERAS_MODELS, NUM_CLASSES  # noqa: E402
 from ghostnet import GhostNet  # noqa: E402
 
 
-PANELS = {'graph': 'tensorpack / tf.keras graph', 'savedmodel': 'SavedModel', 'tflite': 'TFLite'}
+PANELS = {'graph': 'tensorpack / tf.keras graph', 'savedmodel': 'SavedModel', 'tflite': 'TFLite (LiteRT)',
+          'tflite-int8': 'TFLite int8 (LiteRT)', 'onnx': 'ONNX Runtime'}
 FAMILIES = {  # legend label, colour, marker, models in plotting order
     'GhostNet': ('GhostNet (tensorpack)', 'tab:red', 'o', ('ghostnet-0.5', 'ghostnet-1.0', 'ghostnet-1.3')),
     'MobileNetV3': ('MobileNetV3 (tf.keras)', 'tab:blue', 's', ('mobilenetv3-small', 'mobilenetv3-large')),

@@ -11,6 +11,7 @@ pytest.importorskip('matplotlib')
 import tensorflow as tf  # noqa: E402
 from tensorpack.tfutils.tower import TowerContext  # noqa: E402
 
+import bench  # noqa: E402
 from ghostnet import GhostNet  # noqa: E402
 from checkpoint import CheckedInit, checkpoint_variables  # noqa: E402
 
@@ -130,3 +131,7 @@ def test_latency_figure_needs_a_readable_report(tmp_path):
     with pytest.raises(SystemExit) as e:
         latency_vs_madds.main(['--bench', str(tmp_path / 'missing.json'), '--out', str(tmp_path / 'x.png')])
     assert str(e.value.code).startswith('error: ')
+
+
+def test_latency_figure_has_a_panel_per_bench_path():
+    assert list(latency_vs_madds.PANELS) == list(bench.INFERENCE_PATHS)

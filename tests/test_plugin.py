@@ -183,7 +183,7 @@ def test_step_schedule_divides_at_its_fractions_of_training(arch, epochs, divisi
     (['--arch', 'ghost-resnet56', '--dw', '0'], '--ratio and --dw must be positive'),
     (['--arch', 'resnet56', '--width_ratio', '0.5'], "--width_ratio and --se are GhostNet's"),
     (['--steps_per_epoch', '0'], '--steps_per_epoch must be positive (got 0)'),
-    (['--lr', '-0.1'], '--lr must be positive (got -0.1)'),
+    (['--lr', '-0.1'], '--lr must be at least 0 (got -0.1)'),
     (['--dropout_keep_prob', '0'], '--dropout_keep_prob must be above 0 and at most 1 (got 0.0)'),
     (['--label_smoothing', '1'], '--label_smoothing must be at least 0 and below 1 (got 1.0)'),
     (['--min_crop_area', '1.5'], '--min_crop_area must be above 0 and at most 1 (got 1.5)'),

@@ -1,0 +1,62 @@
+"""Every new --arch trained by main.py for a few steps (--fake), then exported by main.py --export to a
+SavedModel, TFLite and ONNX: each file against the training graph in inference mode on that checkpoint.
+
+(ghost-resnet56 is trained on real CIFAR-10 files and exported in test_cifar.py.)
+"""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnxruntime
+import pytest
+import tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter
+from conftest import ROOT
+
+from networks import ARCHITECTURES, DATASET_CLASSES
+from test_plugin import SMALL_IMAGENET, random_images, randomized_graph, run_graph, small_model
+
+STEPS = 2
+ARCHS = ['resnet50', 'ghost-resnet50', 'vgg16', 'ghost-vgg16', 'resnet56']
+
+
+def run_main(*flags):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'main.py'), *flags], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
+def arch_flags(arch):
+    """small_model's flags: Ghost ratio 3, ImageNet networks at SMALL_IMAGENET."""
+    flags = ['--arch', arch] + (['--ratio', '3'] if arch.startswith('ghost-') else [])
+    return flags + (['--image_size', str(SMALL_IMAGENET)] if ARCHITECTURES[arch].dataset != 'cifar10' else [])
+
+
+@pytest.mark.parametrize('arch', ARCHS)
+def test_trained_checkpoint_exports_to_every_format_with_parity(arch, tmp_path):
+    logdir, out = str(tmp_path / 'log'), str(tmp_path / 'export')
+    log = run_main(*arch_flags(arch), '--fake', '--logdir', logdir, '--batch', '4', '--epochs', '1',
+                   '--steps_per_epoch', str(STEPS), '--lr', '0.01')
+    assert 'Training done at global step {}'.format(STEPS) in log
+    run_main(*arch_flags(arch), '--load', logdir, '--export', out, '--tflite', '--onnx')
+
+    checkpoint = tf.train.latest_checkpoint(logdir)
+    reader = tf.train.load_checkpoint(checkpoint)
+    assert 'global_step' in reader.get_variable_to_shape_map()     # a training checkpoint, not just weights
+    model = small_model(arch, num_classes=DATASET_CLASSES[ARCHITECTURES[arch].dataset])   # --fake's classes
+    graph, image, logits, random_values = randomized_graph(model, fold_bn=False)
+    values = {name: reader.get_tensor(name) for name in random_values}
+    images = random_images(model)
+    reference = run_graph(graph, image, logits, values, images)
+    rgb = images[..., ::-1].astype(np.uint8)
+    served = {
+        'SavedModel': tf.saved_model.load(os.path.join(out, 'saved_model')).signatures['serving_default'](
+            images=tf.constant(rgb))['logits'].numpy(),
+        'TFLite': Interpreter(os.path.join(out, arch + '.tflite')).get_signature_runner()(images=rgb)['logits'],
+        'ONNX': onnxruntime.InferenceSession(os.path.join(out, arch + '.onnx')).run(['logits'], {'images': rgb})[0],
+    }
+    for name, served_logits in served.items():
+        np.testing.assert_allclose(served_logits, reference, rtol=1e-4, atol=1e-4 * np.abs(reference).max(),
+                                   err_msg=name)
