@@ -189,6 +189,8 @@ def onnx_call(path, images):
     """One run of an ONNX model in ONNX Runtime on every core."""
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = os.cpu_count()
+    # its threads would otherwise spin on after each run, taking the cores from the path timed next
+    options.add_session_config_entry('session.intra_op.allow_spinning', '0')
     session = onnxruntime.InferenceSession(path, options, providers=['CPUExecutionProvider'])
     return lambda: session.run(None, {'images': images})
 
@@ -269,7 +271,8 @@ def timed(call, count):
 
 
 def time_interleaved(calls, args):
-    """{key: [seconds]}: every call timed in turn, round after round, so background load hits all alike."""
+    """{key: [seconds]}: every call timed in turn (in the order of `calls`), round after round, so
+    background load hits all alike."""
     for call in calls.values():
         timed(call, WARMUP_CALLS)
     samples = collections.defaultdict(list)
@@ -422,7 +425,9 @@ def main(argv=None):
         for name in args.models:
             report['results'][name], model_calls = prepare_model(name, args, workdir)
             calls.update({(name,) + key: call for key, call in model_calls.items()})
-        samples = time_interleaved(calls, args)
+        # path after path, each path's models back to back: the models compared on a path run after the same runtime
+        samples = time_interleaved(dict(sorted(calls.items(), key=lambda item: (
+            PATHS.index(item[0][1]), item[0][2], MODELS.index(item[0][0])))), args)
     for name in args.models:
         report['results'][name].update(speeds({key[1:]: times for key, times in samples.items()
                                                if key[0] == name}))
