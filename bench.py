@@ -394,25 +394,43 @@ def comma_list(choices):
     return parse
 
 
+def add_timing_arguments(parser, iters, batch_iters, out):
+    """--rounds, --iters, --batch-iters, --batch, --image-size and --out, with these defaults."""
+    parser.add_argument('--rounds', type=int, default=5, help='rounds of interleaved timing')
+    parser.add_argument('--iters', type=int, default=iters, help='timed batch-1 runs per call and round')
+    parser.add_argument('--batch-iters', type=int, default=batch_iters,
+                        help='timed large-batch runs (inference and training) per call and round')
+    parser.add_argument('--batch', type=int, default=32)
+    parser.add_argument('--image-size', type=int, default=224)
+    parser.add_argument('--out', default=out, help='writes OUT.md and OUT.json')
+
+
+def parse_timing_args(parser, argv):
+    """The parsed flags; batch 1 is always timed, so --batch must be larger."""
+    args = parser.parse_args(argv)
+    if args.batch < 2:
+        parser.error('--batch must be at least 2 (batch 1 is always timed for latency)')
+    return args
+
+
+def write_report(report, out, text):
+    """OUT.json (the report) and OUT.md (`text`)."""
+    with open(out + '.json', 'w') as f:
+        json.dump(report, f, indent=1)
+    with open(out + '.md', 'w') as f:
+        f.write(text)
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--models', type=comma_list(MODELS), default=list(MODELS),
                         help='comma-separated, from ' + ','.join(MODELS))
     parser.add_argument('--paths', type=comma_list(PATHS), default=list(PATHS),
                         help='comma-separated, from ' + ','.join(PATHS))
-    parser.add_argument('--rounds', type=int, default=5, help='rounds of interleaved timing')
-    parser.add_argument('--iters', type=int, default=5, help='timed batch-1 runs per round')
-    parser.add_argument('--batch-iters', type=int, default=1,
-                        help='timed large-batch inference and training runs per round')
-    parser.add_argument('--batch', type=int, default=32)
-    parser.add_argument('--image-size', type=int, default=224)
     parser.add_argument('--profile', action='store_true',
                         help='add per-op-type time of the graph path at the large batch')
-    parser.add_argument('--out', default='results/bench_results', help='writes OUT.md and OUT.json')
-    args = parser.parse_args(argv)
-    if args.batch < 2:
-        parser.error('--batch must be at least 2 (batch 1 is always timed for latency)')
-    return args
+    add_timing_arguments(parser, iters=5, batch_iters=1, out='results/bench_results')
+    return parse_timing_args(parser, argv)
 
 
 def main(argv=None):
@@ -433,10 +451,7 @@ def main(argv=None):
                                                if key[0] == name}))
     report['seconds'] = round(time.time() - start)
     report['load_average'] = [load_at_start, os.getloadavg()[0]]
-    with open(args.out + '.json', 'w') as f:
-        json.dump(report, f, indent=1)
-    with open(args.out + '.md', 'w') as f:
-        f.write(markdown(report))
+    write_report(report, args.out, markdown(report))
     logger.info('Wrote {0}.md and {0}.json in {1} s:\n{2}'.format(args.out, report['seconds'],
                                                                  markdown(report)))
 

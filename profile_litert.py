@@ -6,7 +6,6 @@ Writes OUT.md and OUT.json (default results/litert_profile); random weights, as 
 """
 import argparse
 import collections
-import json
 import os
 import re
 import statistics
@@ -19,7 +18,8 @@ from tensorpack.utils import logger
 
 import export
 import flops
-from bench import NUM_CLASSES, machine, random_images, time_interleaved, tflite_call
+from bench import (NUM_CLASSES, add_timing_arguments, machine, parse_timing_args, random_images,
+                   time_interleaved, tflite_call, write_report)
 from ghostnet import BOTTLENECKS, GhostNet
 
 tfv1 = tf.compat.v1
@@ -160,26 +160,15 @@ def markdown(report):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--width', type=float, default=1.0, help='GhostNet width multiplier')
-    parser.add_argument('--batch', type=int, default=32)
-    parser.add_argument('--image-size', type=int, default=224)
-    parser.add_argument('--rounds', type=int, default=5, help='rounds of interleaved timing')
-    parser.add_argument('--iters', type=int, default=10, help='timed batch-1 runs per cut and round')
-    parser.add_argument('--batch-iters', type=int, default=2, help='timed batch runs per cut and round')
-    parser.add_argument('--out', default='results/litert_profile', help='writes OUT.md and OUT.json')
-    args = parser.parse_args(argv)
-    if args.batch < 2:
-        parser.error('--batch must be at least 2 (batch 1 is always timed)')
-    return args
+    add_timing_arguments(parser, iters=10, batch_iters=2, out='results/litert_profile')
+    return parse_timing_args(parser, argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
     report = {'machine': machine(), 'settings': {key: getattr(args, key) for key in (
         'width', 'batch', 'image_size', 'rounds', 'iters', 'batch_iters')}, 'result': profile(args)}
-    with open(args.out + '.json', 'w') as f:
-        json.dump(report, f, indent=1)
-    with open(args.out + '.md', 'w') as f:
-        f.write(markdown(report))
+    write_report(report, args.out, markdown(report))
     logger.info('Wrote {0}.md and {0}.json:\n{1}'.format(args.out, markdown(report)))
 
 
