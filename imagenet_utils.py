@@ -44,6 +44,7 @@ class ImageNetModel(ModelDesc):
     weight_decay = 4e-5
     weight_decay_pattern = '/W'   # kernels; not the cheap ops' `DW`, biases or batch norm
     label_smoothing = 0.1
+    momentum = 0.9
     nesterov = True
 
     @property
@@ -114,7 +115,7 @@ class ImageNetModel(ModelDesc):
     def optimizer(self):
         lr = tfv1.get_variable('learning_rate', initializer=0.1, trainable=False)
         tfv1.summary.scalar('learning_rate-summary', lr)
-        return tfv1.train.MomentumOptimizer(lr, 0.9, use_nesterov=self.nesterov)
+        return tfv1.train.MomentumOptimizer(lr, self.momentum, use_nesterov=self.nesterov)
 
 
 # ---------------------------------------------------------------------------------------------

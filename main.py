@@ -123,6 +123,8 @@ def get_parser():
                        help='default: the training images over the total batch')
     train.add_argument('--lr', type=float, help='learning rate per 256 images, scaled linearly to --batch '
                                                 '(0.1; CIFAR-10 0.2, which is 0.1 at batch 128)')
+    train.add_argument('--momentum', type=float, help='SGD momentum (0.9)')
+    train.add_argument('--nesterov', type=int, choices=[0, 1], help='Nesterov momentum (ghostnet 1, the others 0)')
     train.add_argument('--lr_schedule', choices=['cosine', 'step'],
                        help='after the warm-up: cosine decay to zero (ghostnet) or division by 10 at '
                             '--lr_decay_at (the others)')
@@ -181,8 +183,10 @@ def check_ranges(args, parser):
     """A usage error for a numeric flag outside the values it can take."""
     positive = ('batch', 'workers', 'image_size', 'epochs', 'val_every', 'keep_checkpoints')
     ranges = [(name, getattr(args, name) > 0, 'must be positive') for name in positive]
-    ranges += [(name, getattr(args, name) >= 0, 'must be at least 0') for name in ('lr', 'weight_decay', 'warmup_epochs')]
+    ranges += [(name, getattr(args, name) >= 0, 'must be at least 0')
+               for name in ('lr', 'weight_decay', 'warmup_epochs')]
     ranges += [('steps_per_epoch', args.steps_per_epoch is None or args.steps_per_epoch > 0, 'must be positive'),
+               ('momentum', 0 <= args.momentum < 1, 'must be at least 0 and below 1'),
                ('label_smoothing', 0 <= args.label_smoothing < 1, 'must be at least 0 and below 1'),
                ('dropout_keep_prob', 0 < args.dropout_keep_prob <= 1, 'must be above 0 and at most 1'),
                ('min_crop_area', 0 < args.min_crop_area <= 1, 'must be above 0 and at most 1')]

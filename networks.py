@@ -10,14 +10,14 @@ IMAGENET, CIFAR10 = 'imagenet', 'cifar10'
 DATASET_CLASSES = {IMAGENET: 1000, CIFAR10: 10}   # for --flops and --fake
 
 # Flag defaults per recipe; `--lr` is per 256 images, scaled linearly to `--batch`.
-GHOSTNET_RECIPE = dict(batch=1024, epochs=400, lr=0.1, lr_schedule='cosine', warmup_epochs=5,
-                       weight_decay=4e-5, label_smoothing=0.1, dropout_keep_prob=0.8, image_size=224)
+GHOSTNET_RECIPE = dict(batch=1024, epochs=400, lr=0.1, momentum=0.9, nesterov=1, lr_schedule='cosine',
+                       warmup_epochs=5, weight_decay=4e-5, label_smoothing=0.1, dropout_keep_prob=0.8, image_size=224)
 # The authors: multi-step, no label smoothing. SGD 0.9, 0.1 per 256 images, /10 every 30 of 90 epochs.
-RESNET50_RECIPE = dict(batch=256, epochs=90, lr=0.1, lr_schedule='step', lr_decay_at='1/3,2/3',
-                       warmup_epochs=0, weight_decay=1e-4, label_smoothing=0., dropout_keep_prob=1.,
-                       image_size=224, min_crop_area=0.08)
+RESNET50_RECIPE = dict(batch=256, epochs=90, lr=0.1, momentum=0.9, nesterov=0, lr_schedule='step',
+                       lr_decay_at='1/3,2/3', warmup_epochs=0, weight_decay=1e-4, label_smoothing=0.,
+                       dropout_keep_prob=1., image_size=224, min_crop_area=0.08)
 # The ResNet paper's CIFAR recipe: batch 128 at 0.1 (0.2 per 256), /10 at 32k and 48k of 64k iterations.
-CIFAR_RECIPE = dict(batch=128, epochs=164, lr=0.2, lr_schedule='step', lr_decay_at='1/2,3/4',
+CIFAR_RECIPE = dict(batch=128, epochs=164, lr=0.2, momentum=0.9, nesterov=0, lr_schedule='step', lr_decay_at='1/2,3/4',
                     warmup_epochs=0, weight_decay=1e-4, label_smoothing=0., dropout_keep_prob=1.,
                     image_size=32)
 
@@ -47,6 +47,9 @@ def build_model(args, num_classes):
                   weight_decay=args.weight_decay, dropout_keep_prob=args.dropout_keep_prob,
                   label_smoothing=args.label_smoothing)
     if arch.ghost is None:
-        return arch.model(width=args.width_ratio, se=bool(args.se), dw_code=args.dw_code,
-                          ratio_code=args.ratio_code, **common)
-    return arch.model(ghost=arch.ghost, ratio=args.ratio, dw=args.dw, **common)
+        model = arch.model(width=args.width_ratio, se=bool(args.se), dw_code=args.dw_code,
+                           ratio_code=args.ratio_code, **common)
+    else:
+        model = arch.model(ghost=arch.ghost, ratio=args.ratio, dw=args.dw, **common)
+    model.momentum, model.nesterov = args.momentum, bool(args.nesterov)
+    return model

@@ -159,6 +159,16 @@ def test_recipes_are_the_defaults_and_flags_override_them():
         'ghostnet', 1024, 400, 'cosine', 4e-5, 0.1)
 
 
+@pytest.mark.parametrize('flags, momentum, nesterov', [
+    ([], 0.9, True), (['--arch', 'resnet50'], 0.9, False), (['--arch', 'ghost-vgg16'], 0.9, False),
+    (['--arch', 'resnet56', '--momentum', '0.8', '--nesterov', '1'], 0.8, True)])
+def test_the_optimizer_is_the_recipes_sgd(flags, momentum, nesterov):
+    model = build_model(parse(*flags), 10)
+    with tf.Graph().as_default():
+        optimizer = model.get_optimizer()
+    assert (optimizer._momentum, optimizer._use_nesterov) == (momentum, nesterov)
+
+
 @pytest.mark.parametrize('arch, epochs, divisions', [('resnet56', 8, (4, 6)), ('ghost-vgg16', 164, (82, 123)),
                                                      ('resnet50', 90, (30, 60))])
 def test_step_schedule_divides_at_its_fractions_of_training(arch, epochs, divisions):
@@ -189,6 +199,7 @@ def test_step_schedule_divides_at_its_fractions_of_training(arch, epochs, divisi
     (['--min_crop_area', '1.5'], '--min_crop_area must be above 0 and at most 1 (got 1.5)'),
     (['--warmup_epochs', '-1'], '--warmup_epochs must be at least 0 (got -1.0)'),
     (['--weight_decay=-1e-4'], '--weight_decay must be at least 0 (got -0.0001)'),
+    (['--momentum', '1'], '--momentum must be at least 0 and below 1 (got 1.0)'),
 ])
 def test_bad_flags_are_usage_errors(flags, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
