@@ -77,15 +77,15 @@ def profile(args):
     graph_def = frozen_cuts(model)
     shapes = {block: model.end_points[block].shape.as_list()[1:] for block in CUT_BLOCKS}
     shapes[HEAD] = [NUM_CLASSES]
-    calls, ops = {}, {}
+    calls = {}
     with tempfile.TemporaryDirectory() as workdir:
         for block in CUT_BLOCKS + (HEAD,):
             saved_model = export.save_saved_model(graph_def, args.image_size, os.path.join(workdir, block),
                                                   cut_outputs(block))
             path = export.export_tflite(saved_model, os.path.join(workdir, block + '.tflite'))
-            ops = op_counts(path)
             for batch in (1, args.batch):
                 calls[(block, batch)] = tflite_call(path, random_images(batch, args.image_size))
+        ops = op_counts(path)   # the last cut is the whole network
         samples = time_interleaved(calls, args)
     multiply_adds = block_multiply_adds(model)
     blocks, previous = [], (0., 0.)

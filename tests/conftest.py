@@ -1,5 +1,6 @@
 """Test setup: the repo root on sys.path and TF_USE_LEGACY_KERAS set (via compat) before TensorFlow."""
 import os
+import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,6 +24,12 @@ tfv1 = tf.compat.v1
 SMALL_WIDTH = 0.25
 SMALL_IMAGE_SIZE = 32
 SAMPLE = dict(num_classes=4, train_per_class=1, val_per_class=3, image_size=48, metadata_classes=1000)
+
+
+def run_main_py(*flags, timeout=300):
+    """main.py with `flags` in a subprocess from the repo root: its CompletedProcess (text output)."""
+    return subprocess.run([sys.executable, os.path.join(ROOT, 'main.py'), *flags], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def build_inference_graph(num_classes=1000, width=SMALL_WIDTH, image_size=SMALL_IMAGE_SIZE):

@@ -13,6 +13,7 @@ import tensorflow as tf
 
 import cifar
 import main
+from conftest import run_main_py
 from sample_data import write_cifar_sample
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -153,8 +154,7 @@ def test_bad_batch_file_is_named(broken, capfd, damage, expected):
 
 
 def test_bad_input_exits_with_status_1_and_one_error_line(tmp_path):
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'main.py'), '--arch', 'resnet56', '--eval',
-                           '--data_dir', str(tmp_path / 'none')], capture_output=True, text=True, timeout=300)
+    proc = run_main_py('--arch', 'resnet56', '--eval', '--data_dir', str(tmp_path / 'none'))
     assert proc.returncode == 1 and 'Traceback' not in proc.stderr
     assert proc.stderr.rstrip('\n').splitlines()[-1].startswith('error: --data_dir {}: no '.format(tmp_path / 'none'))
 

@@ -2,14 +2,12 @@
 import os
 import re
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
-from conftest import (ROOT, SAMPLE, SMALL_IMAGE_SIZE, SMALL_WIDTH, build_inference_graph,
+from conftest import (ROOT, SAMPLE, run_main_py, SMALL_IMAGE_SIZE, SMALL_WIDTH, build_inference_graph,
                       write_random_checkpoint)
 
 import export
@@ -29,8 +27,7 @@ REFERENCE = os.path.join(ROOT, '..', 'shared', 'reference', 'ghostnet_checkpoint
 
 def run_cli(*args):
     """main.py in a subprocess: (exit status, stdout, stderr)."""
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'main.py'), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    proc = run_main_py(*args)
     return proc.returncode, proc.stdout, proc.stderr
 
 

@@ -1,8 +1,6 @@
 """export.py: the SavedModel and TFLite of the folded inference graph against the tensorpack graph with
 batch norm unfolded, on a randomized checkpoint."""
 import os
-import subprocess
-import sys
 from unittest import mock
 
 import cv2
@@ -17,6 +15,7 @@ from ai_edge_litert.options import Options
 import tensorflow as tf
 from tensorpack.tfutils.argscope import argscope
 from tensorpack.tfutils.tower import TowerContext
+from conftest import run_main_py
 
 import export
 from ghostnet import HEAD_CHANNELS, GhostNet
@@ -276,9 +275,7 @@ def test_npz_checkpoint_and_class_count(small, tmp_path):
 
 def run_main(*flags):
     """main.py in a subprocess: (exit status, stdout, stderr)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    run = subprocess.run([sys.executable, os.path.join(root, 'main.py'), *flags], cwd=root,
-                         capture_output=True, text=True, timeout=300)
+    run = run_main_py(*flags)
     return run.returncode, run.stdout, run.stderr
 
 

@@ -42,12 +42,17 @@ def parse(*flags):
     return main.parse_args(['--fake'] + list(flags))
 
 
-def small_model(arch, num_classes=7):
-    """The network of `arch` with Ghost ratio 3 (spare cheap channels sliced off), small inputs."""
+def small_flags(arch):
+    """main.py's flags for `arch` with Ghost ratio 3 (spare cheap channels sliced off), small inputs."""
     flags = ['--arch', arch] + (['--ratio', '3'] if arch.startswith('ghost-') else [])
     if ARCHITECTURES[arch].dataset != 'cifar10':
         flags += ['--image_size', str(SMALL_IMAGENET)]
-    return build_model(parse(*flags), num_classes)
+    return flags
+
+
+def small_model(arch, num_classes=7):
+    """The network of `arch` as `small_flags` describe it."""
+    return build_model(parse(*small_flags(arch)), num_classes)
 
 
 @pytest.mark.parametrize('arch, ratio, dw, params, madds, tolerance', PAPER)

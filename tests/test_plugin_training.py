@@ -4,43 +4,34 @@ SavedModel, TFLite and ONNX: each file against the training graph in inference m
 (ghost-resnet56 is trained on real CIFAR-10 files and exported in test_cifar.py.)
 """
 import os
-import subprocess
-import sys
 
 import numpy as np
 import onnxruntime
 import pytest
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
-from conftest import ROOT
+from conftest import run_main_py
 
 from networks import ARCHITECTURES, DATASET_CLASSES
-from test_plugin import SMALL_IMAGENET, random_images, randomized_graph, run_graph, small_model
+from test_plugin import random_images, randomized_graph, run_graph, small_flags, small_model
 
 STEPS = 2
 ARCHS = ['resnet50', 'ghost-resnet50', 'vgg16', 'ghost-vgg16', 'resnet56']
 
 
 def run_main(*flags):
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'main.py'), *flags], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+    proc = run_main_py(*flags, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout + proc.stderr
-
-
-def arch_flags(arch):
-    """small_model's flags: Ghost ratio 3, ImageNet networks at SMALL_IMAGENET."""
-    flags = ['--arch', arch] + (['--ratio', '3'] if arch.startswith('ghost-') else [])
-    return flags + (['--image_size', str(SMALL_IMAGENET)] if ARCHITECTURES[arch].dataset != 'cifar10' else [])
 
 
 @pytest.mark.parametrize('arch', ARCHS)
 def test_trained_checkpoint_exports_to_every_format_with_parity(arch, tmp_path):
     logdir, out = str(tmp_path / 'log'), str(tmp_path / 'export')
-    log = run_main(*arch_flags(arch), '--fake', '--logdir', logdir, '--batch', '4', '--epochs', '1',
+    log = run_main(*small_flags(arch), '--fake', '--logdir', logdir, '--batch', '4', '--epochs', '1',
                    '--steps_per_epoch', str(STEPS), '--lr', '0.01')
     assert 'Training done at global step {}'.format(STEPS) in log
-    run_main(*arch_flags(arch), '--load', logdir, '--export', out, '--tflite', '--onnx')
+    run_main(*small_flags(arch), '--load', logdir, '--export', out, '--tflite', '--onnx')
 
     checkpoint = tf.train.latest_checkpoint(logdir)
     reader = tf.train.load_checkpoint(checkpoint)
