@@ -239,6 +239,13 @@ def test_replicated_trainer_on_two_cpu_devices(data_dir, tmp_path):
     assert 'Building graph for training tower 1' in run.stdout
     with np.load(out) as f:
         values = dict(f)
+    ran_on = {device: set(values.pop('ran_on/' + device)) for device in ('CPU:0', 'CPU:1')}
+    convs = [{op for ops in ran_on.values() for op in ops if op.startswith('tower{}/'.format(tower))
+              and op.endswith('/Conv2D')} for tower in range(2)]
+    assert len(convs[0]) == len(convs[1]) > 20
+    for tower_convs, device in zip(convs, ran_on):   # each tower on its device, with a share of the all-reduce
+        assert tower_convs <= ran_on[device], device
+        assert any(op.startswith('AllReduceNaive/') for op in ran_on[device]), device
     tower1 = [name[len('tower1/'):] for name in values if name.startswith('tower1/')]
     weights = [name for name in tower1 if name.endswith('/W') or name.endswith('/W/Momentum')]
     assert len(weights) > 100
