@@ -4,9 +4,11 @@ import math
 import compat  # noqa: F401  (must come before TensorFlow)
 import numpy as np
 import tensorflow as tf
-from tensorpack.callbacks import Callback, HyperParamSetter
+from tensorpack.callbacks import Callback, HyperParamSetter, InferenceRunner
+from tensorpack.dataflow.base import DataFlowTerminated
 from tensorpack.train import StopTraining
 from tensorpack.utils import logger
+from tensorpack.utils.utils import get_tqdm
 
 tfv1 = tf.compat.v1
 
@@ -105,6 +107,33 @@ class StopOnNonFiniteLoss(Callback):
             raise StopTraining('the total cost is {} at global step {}'.format(cost, self.global_step))
 
 
+class Validation(InferenceRunner):
+    """An InferenceRunner on one tower that runs until its dataflow ends (skipped images may leave fewer
+    batches than its length), and that gives up between two batches, without statistics, once
+    `should_stop()` is true (a signal or a dead data worker: training then saves and stops)."""
+
+    def __init__(self, dataflow, inferencers, should_stop):
+        super().__init__(dataflow, inferencers)
+        self.should_stop = should_stop
+
+    def _trigger(self):
+        for inferencer in self.infs:
+            inferencer.before_epoch()
+        self._input_source.reset_state()
+        done = 0
+        with get_tqdm(total=self._size, desc='Validation', unit='batch') as bar:
+            while not self.should_stop():
+                try:
+                    self._hooked_sess.run(fetches=[])
+                except (StopIteration, DataFlowTerminated):
+                    break
+                done += 1
+                bar.update()
+        if self.should_stop():
+            logger.warn('Validation given up after {} of {} batches: training is stopping.'.format(done, self._size))
+            return
+        for inferencer in self.infs:
+            inferencer.trigger_epoch()
 
 
 class ResumeAtGlobalStep(Callback):

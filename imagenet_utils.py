@@ -1,5 +1,4 @@
 """ImageNet for tensorpack: the model base class (preprocessing, loss, errors), data and evaluation."""
-import collections
 import concurrent.futures
 import functools
 import os
@@ -11,7 +10,7 @@ import cv2
 import numpy as np
 import tensorflow as tf
 from tensorpack import ModelDesc
-from tensorpack.dataflow import BatchData, DataFromList, MapData, ProxyDataFlow, imgaug
+from tensorpack.dataflow import BatchData, DataFromList, MapData, imgaug
 from tensorpack.models import regularize_cost
 from tensorpack.predict import MultiTowerOfflinePredictor, OfflinePredictor, PredictConfig
 from tensorpack.tfutils.argscope import argscope
@@ -19,7 +18,7 @@ from tensorpack.tfutils.summary import add_moving_summary
 from tensorpack.utils.utils import get_tqdm
 
 from myconv2d import ConvBN, DepthConv, SELayer
-from workers import WatchedMapData
+from workers import OrderedWatchedMapData, WatchedMapData, WorkerDied
 
 tfv1 = tf.compat.v1
 
@@ -251,13 +250,13 @@ def train_augmentor(image_size=224, min_crop_area=0.08):
     ])
 
 
-def _load_train_example(augmentor, example):
-    """[augmented image, label], or [path, -1] when the image can not be decoded."""
+def _load_example(augmentor, example):
+    """[augmented image, label], or [path, -1, why] when the image can not be read or decoded."""
     path, label = example
     try:
         image = decode_image(path)
-    except DataError:
-        return [path, np.int32(-1)]
+    except DataError as e:
+        return [path, np.int32(-1), str(e)]
     return [augmentor.augment(image), label]
 
 
@@ -268,71 +267,37 @@ def get_train_dataflow(examples, batch_size, bad_image_log, image_size=224, min_
     The processes die with this one; when one dies, iterating stops (workers.WatchedMapData).
     """
     examples = [(path, np.int32(label)) for path, label in examples]
-    load = functools.partial(_load_train_example, train_augmentor(image_size, min_crop_area))
+    load = functools.partial(_load_example, train_augmentor(image_size, min_crop_area))
     df = WatchedMapData(DataFromList(examples, shuffle=True), workers or os.cpu_count() or 1,
                         load, buffer_size=max(2 * batch_size, 64))
     df = MapData(df, bad_image_log.filter)
     return BatchData(df, batch_size, remainder=False)
 
 
-class ThreadMapData(ProxyDataFlow):
-    """MapData run by `workers` threads: the same datapoints in the same order, `buffer_size` ahead.
-
-    Unlike tensorpack's MultiThreadMapData, an exception in `map_func` reaches the consumer instead
-    of ending a worker and hanging the dataflow, the order is kept, and nothing waits for idle
-    workers at the end. As in MapData, datapoints mapped to None are dropped.
-    """
-
-    def __init__(self, ds, map_func, workers, buffer_size):
-        super().__init__(ds)
-        self.map_func = map_func
-        self.workers = workers
-        self.buffer_size = buffer_size
-
-    def __iter__(self):
-        pool = concurrent.futures.ThreadPoolExecutor(self.workers)
-        try:
-            for future in self._submitted(pool):
-                result = future.result()
-                if result is not None:
-                    yield result
-        finally:
-            pool.shutdown(wait=False, cancel_futures=True)
-
-    def _submitted(self, pool):
-        """Futures of the mapped datapoints in order, keeping `buffer_size` of them submitted ahead."""
-        pending = collections.deque()
-        for datapoint in self.ds:
-            pending.append(pool.submit(self.map_func, datapoint))
-            if len(pending) > self.buffer_size:
-                yield pending.popleft()
-        yield from pending
-
-
-def _load_example(augmentor, bad_images, example):
-    """[augmented image, label]; an undecodable image raises, or goes to `bad_images` and gives None."""
-    path, label = example
-    try:
-        image = decode_image(path)
-    except DataError as e:
-        if bad_images is None:
-            raise DataError('{} (--skip-bad-images skips such images)'.format(e)) from None
-        bad_images.append(path)
-        return None
-    return [augmentor.augment(image), label]
+def _keep_decoded(bad_images, datapoint):
+    """The datapoint; for an image that could not be decoded DataError, or None after adding its path to
+    the list `bad_images`."""
+    if datapoint[1] >= 0:
+        return datapoint
+    if bad_images is None:
+        raise DataError('{} (--skip-bad-images skips such images)'.format(datapoint[2]))
+    bad_images.append(datapoint[0])
+    return None
 
 
 def get_val_dataflow(examples, batch_size, image_size=224, workers=None, bad_images=None):
-    """Batches [uint8 BGR images, int32 labels] of (path, label) `examples`, decoded in parallel.
+    """Batches [uint8 BGR images, int32 labels] of (path, label) `examples`, in order, decoded in parallel.
 
-    `workers` threads decode and resize (default: the CPU count); the batches do not depend on
-    them. Undecodable images raise DataError, or are skipped and their paths appended to
-    `bad_images` when it is a list.
+    `workers` processes decode and resize (default: the CPU count); the batches do not depend on
+    them. The processes die with this one; when one dies, iterating raises WorkerDied (or calls the
+    dataflow's `on_worker_death`: workers.watch_workers). Undecodable images raise DataError, or are
+    skipped and their paths appended to `bad_images` when it is a list.
     """
     examples = [(path, np.int32(label)) for path, label in examples]
-    load = functools.partial(_load_example, eval_augmentor(image_size), bad_images)
-    df = ThreadMapData(DataFromList(examples, shuffle=False), load, workers or os.cpu_count() or 1,
-                       buffer_size=max(2 * batch_size, 64))
+    load = functools.partial(_load_example, eval_augmentor(image_size))
+    df = OrderedWatchedMapData(DataFromList(examples, shuffle=False), workers or os.cpu_count() or 1, load,
+                               buffer_size=max(2 * batch_size, 64))
+    df = MapData(df, functools.partial(_keep_decoded, bad_images))
     return BatchData(df, batch_size, remainder=True)
 
 
@@ -361,8 +326,11 @@ def evaluate(model, session_init, dataflow, num_towers=1):
     with get_tqdm(total=len(dataflow), desc='Evaluating', unit='batch') as bar, \
             concurrent.futures.ThreadPoolExecutor(len(predictors)) as pool:
         towers = [pool.submit(_run_tower, p, batches, lock, totals, bar) for p in predictors]
-        for tower in towers:
-            tower.result()
+        try:
+            for tower in towers:
+                tower.result()
+        except WorkerDied as e:
+            raise DataError('evaluation stopped: {}'.format(e)) from None
     seconds = time.perf_counter() - start
     if not totals[2]:
         raise DataError('no image could be evaluated')

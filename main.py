@@ -20,9 +20,7 @@ import tensorflow as tf
 from tabulate import tabulate
 from tensorpack import (HorovodTrainer, QueueInput, SimpleTrainer, SyncMultiGPUTrainerReplicated,
                         TrainConfig, launch_train_with_config)
-from tensorpack.callbacks import (ClassificationError, DataParallelInferenceRunner,
-                                  EstimatedTimeLeft, InferenceRunner, MinSaver, ModelSaver,
-                                  PeriodicTrigger)
+from tensorpack.callbacks import ClassificationError, EstimatedTimeLeft, MinSaver, ModelSaver, PeriodicTrigger
 from tensorpack.dataflow import FakeData
 from tensorpack.tfutils.sessinit import SaverRestore
 from tensorpack.utils import logger
@@ -31,11 +29,11 @@ import export
 import flops
 from ghostnet import add_model_arguments, check_model_arguments
 import cifar
-from callbacks import (BadImageLog, ResumeAtGlobalStep, StopOnNonFiniteLoss, WarmupCosineSchedule,
+from callbacks import (BadImageLog, ResumeAtGlobalStep, StopOnNonFiniteLoss, Validation, WarmupCosineSchedule,
                        WarmupStepSchedule)
 from checkpoint import CheckedInit, CheckpointError, latest_intact_checkpoint, saved_checkpoints
 from preemption import SaveAndStop, StopRequest, signals_request_stop
-from workers import watch_workers
+from workers import WatchIdleWorkers, watch_workers
 from imagenet_utils import (DataError, evaluate, get_train_dataflow, get_val_dataflow, list_train_images,
                             list_val_images, read_synsets)
 from networks import ARCHITECTURES, CIFAR10, DATASET_CLASSES, build_model
@@ -109,8 +107,7 @@ def get_parser():
     parser.add_argument('--dw', type=int,
                         help='ghost-* networks: kernel size d of every cheap depthwise operation (default 3)')
     parser.add_argument('--workers', type=int, default=os.cpu_count() or 1,
-                        help='threads (evaluation) or processes (training) decoding images '
-                             '(default: the CPU count, %(default)s)')
+                        help='processes decoding images (default: the CPU count, %(default)s)')
     train = parser.add_argument_group(
         'training (the default mode)', 'each network\'s recipe gives the defaults (logged at start); '
         'flags override them')
@@ -268,6 +265,8 @@ def run_eval(args):
     logger.info('Evaluating {} on {} images of {} classes from {} on {} tower(s).'.format(
         args.arch, num_images, num_classes, args.data_dir, towers))
     top1, top5, count, seconds = evaluate(build_model(args, num_classes), session_init, dataflow, towers)
+    del dataflow
+    gc.collect()    # its worker processes end now (tensorpack says so), not after the results
     if bad_images:
         print('Skipped {} images that could not be decoded: {}'.format(
             len(bad_images), ', '.join(sorted(bad_images))))
@@ -338,13 +337,13 @@ def check_batch_fits(args, batch_per_tower, num_images):
             args.batch, batch_per_tower, args.data_dir, num_images))
 
 
-def validation_callbacks(val_df, towers, every_k_epochs):
-    """Top-1/top-5 error on val/ every few epochs, and a copy of the best checkpoint."""
+def validation_callbacks(val_df, every_k_epochs, stop_request):
+    """Top-1/top-5 error on val/ every few epochs (on the first tower; given up when training is asked to
+    stop), and a copy of the best checkpoint."""
     errors = [ClassificationError('wrong-top1', 'val-error-top1'),
               ClassificationError('wrong-top5', 'val-error-top5')]
-    runner = (DataParallelInferenceRunner(val_df, errors, list(range(towers))) if towers > 1
-              else InferenceRunner(val_df, errors))
-    return [PeriodicTrigger(runner, every_k_epochs=every_k_epochs), MinSaver('val-error-top1')]
+    validation = Validation(val_df, errors, lambda: bool(stop_request.reason))
+    return [PeriodicTrigger(validation, every_k_epochs=every_k_epochs), MinSaver('val-error-top1')]
 
 
 def learning_rate_schedule(args, steps_per_epoch):
@@ -375,12 +374,14 @@ def get_config(args, towers, workers, is_chief, stop_on_nan, stop_request):
                                                          bad_image_log, with_val=is_chief)
     steps_per_epoch = args.steps_per_epoch or max(num_images // args.batch, 1)
     watch_workers(train_df, stop_request.fail)
+    watch_workers(val_df, stop_request.fail)
     saver = ModelSaver(max_to_keep=args.keep_checkpoints)
     callbacks = [saver, learning_rate_schedule(args, steps_per_epoch), stop_on_nan, EstimatedTimeLeft(),
                  ResumeAtGlobalStep(), SaveAndStop(stop_request, saver, args.horovod)]
     if not args.fake:
         if is_chief:
-            callbacks += validation_callbacks(val_df, towers, args.val_every)
+            callbacks += validation_callbacks(val_df, args.val_every, stop_request)
+            callbacks.append(WatchIdleWorkers(val_df, stop_request.fail))
         callbacks.append(bad_image_log)
     model = build_model(args, num_classes)
     config = dict(model=model, data=QueueInput(train_df), callbacks=callbacks,

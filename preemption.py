@@ -97,5 +97,6 @@ class SaveAndStop(Callback):
     def _save(self):
         self._saved = True
         if self.trainer.is_chief:
+            logger.info('Saving a checkpoint at global step {} before stopping ...'.format(self.global_step))
             self.model_saver.trigger()
             self.stop_request.saved = tf.train.latest_checkpoint(self.model_saver.checkpoint_dir)

@@ -1,14 +1,18 @@
 """Data worker processes that die with the process that started them, and whose death is noticed."""
 import ctypes
+import functools
 import os
 import signal
 
 import zmq
-from tensorpack.dataflow import MultiProcessMapDataZMQ
+from tensorpack.callbacks import Callback
+from tensorpack.dataflow import MultiProcessMapDataZMQ, ProxyDataFlow
 from tensorpack.dataflow.base import DataFlowTerminated
 from tensorpack.utils import logger
 
 PR_SET_PDEATHSIG = 1        # from <linux/prctl.h>
+# the parent's SIGTERM handler (preemption) and TensorFlow's crash handler, which turns a segfault into SIGABRT
+INHERITED_HANDLERS_RESET = (signal.SIGTERM, signal.SIGSEGV)
 POLL_MS = 1000              # how often a waiting consumer checks that the workers are alive
 
 
@@ -38,8 +42,8 @@ def death_cause(exitcode):
 class WatchedMapData(MultiProcessMapDataZMQ):
     """MultiProcessMapDataZMQ whose workers die with this process and whose death is reported.
 
-    Each worker gets PR_SET_PDEATHSIG and the default SIGTERM action (not a handler inherited
-    from the parent by fork). When a worker has ended, iterating calls `on_worker_death(message)`
+    Each worker gets PR_SET_PDEATHSIG and the default SIGTERM and SIGSEGV actions (not the handlers
+    inherited from the parent by fork). When a worker has ended, iterating calls `on_worker_death(message)`
     and raises DataFlowTerminated (which ends tensorpack's input thread quietly); without
     `on_worker_death` it raises WorkerDied.
     """
@@ -50,11 +54,18 @@ class WatchedMapData(MultiProcessMapDataZMQ):
             self.parent_pid = parent_pid
 
         def run(self):
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            for signum in INHERITED_HANDLERS_RESET:
+                signal.signal(signum, signal.SIG_DFL)
             die_with_parent(self.parent_pid)
             super().run()
 
     on_worker_death = None
+    kind = 'data worker'     # how messages name the workers
+
+    def reset_state(self):
+        super().reset_state()
+        logger.info('Started {} {}s: pids {}.'.format(len(self._procs), self.kind,
+                                                      ', '.join(str(proc.pid) for proc in self._procs)))
 
     def _create_worker(self, id, pipename, hwm):
         return WatchedMapData._Worker(os.getpid(), id, self.map_func, pipename, hwm)
@@ -65,13 +76,21 @@ class WatchedMapData(MultiProcessMapDataZMQ):
             self._check_workers()
         return super()._recv()
 
+    def dead_worker(self):
+        """'data worker 2 of 8 (pid N) was killed by SIGSEGV' when a worker has ended, else None."""
+        procs = getattr(self, '_procs', [])      # none before reset_state
+        for number, proc in enumerate(procs):
+            if proc.exitcode is not None:
+                return '{} {} of {} (pid {}) {}'.format(self.kind, number + 1, len(procs), proc.pid,
+                                                        death_cause(proc.exitcode))
+        return None
+
     def _check_workers(self):
         if self.socket.closed:     # being cleaned up: tensorpack ends the workers
             raise DataFlowTerminated()
-        for number, proc in enumerate(self._procs):
-            if proc.exitcode is not None:
-                self._report('data worker {} of {} (pid {}) {}'.format(
-                    number + 1, len(self._procs), proc.pid, death_cause(proc.exitcode)))
+        message = self.dead_worker()
+        if message:
+            self._report(message)
 
     def _report(self, message):
         if self.on_worker_death is None:
@@ -81,9 +100,63 @@ class WatchedMapData(MultiProcessMapDataZMQ):
         raise DataFlowTerminated(message)
 
 
-def watch_workers(dataflow, on_worker_death):
-    """Have every WatchedMapData in a chain of proxy dataflows call `on_worker_death(message)`."""
+class Numbered(ProxyDataFlow):
+    """[index, datapoint] for each datapoint of `ds`, the index counting from 0 in every pass."""
+
+    def __iter__(self):
+        yield from ([index, datapoint] for index, datapoint in enumerate(self.ds))
+
+
+def numbered_call(map_func, numbered):
+    """[index, map_func(datapoint)] for a Numbered [index, datapoint]."""
+    return [numbered[0], map_func(numbered[1])]
+
+
+class OrderedWatchedMapData(WatchedMapData):
+    """WatchedMapData that maps every datapoint of `ds` exactly once per pass and yields them in the order
+    of `ds` (evaluation: the same batches whatever the number of workers)."""
+
+    kind = 'validation data worker'
+
+    def __init__(self, ds, num_proc, map_func, buffer_size):
+        super().__init__(Numbered(ds), num_proc, functools.partial(numbered_call, map_func),
+                         buffer_size=min(buffer_size, len(ds)), strict=True)
+
+    def __iter__(self):
+        arrived, next_index = {}, 0     # at most buffer_size datapoints wait here for an earlier one
+        for index, datapoint in super().__iter__():
+            arrived[index] = datapoint
+            while next_index in arrived:
+                yield arrived.pop(next_index)
+                next_index += 1
+
+
+def watched_dataflows(dataflow):
+    """The WatchedMapData in a chain of proxy dataflows."""
     while dataflow is not None:
         if isinstance(dataflow, WatchedMapData):
-            dataflow.on_worker_death = on_worker_death
+            yield dataflow
         dataflow = getattr(dataflow, 'ds', None)
+
+
+def watch_workers(dataflow, on_worker_death):
+    """Have every WatchedMapData in a chain of proxy dataflows call `on_worker_death(message)`."""
+    for watched in watched_dataflows(dataflow):
+        watched.on_worker_death = on_worker_death
+
+
+class WatchIdleWorkers(Callback):
+    """After every training step, calls `on_worker_death(message)` once when a worker of `dataflow` has
+    ended: the workers of a dataflow read only now and then (validation) are otherwise checked only then."""
+
+    def __init__(self, dataflow, on_worker_death):
+        self.watched = list(watched_dataflows(dataflow))
+        self.on_worker_death = on_worker_death
+        self._reported = False
+
+    def _trigger_step(self):
+        messages = [m for m in (watched.dead_worker() for watched in self.watched) if m]
+        if messages and not self._reported:
+            self._reported = True
+            logger.error(messages[0])
+            self.on_worker_death(messages[0])

@@ -16,6 +16,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import write_random_checkpoint
+from processes import PATIENCE, children, finish, processes_naming, start, wait_for_line, wait_until_gone
 from sample_data import write_sample_dataset
 
 import main
@@ -24,7 +25,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ['--width_ratio', '0.25', '--image_size', '32', '--batch', '16', '--workers', '2']
 NUM_CLASSES = 4
 STEPS, EPOCHS = 30, 3
-PATIENCE = 300      # seconds: a guard against a hung test, not a measurement
 
 
 @pytest.fixture(scope='module')
@@ -33,59 +33,11 @@ def data_dir(tmp_path_factory):
                                 train_per_class=16, val_per_class=4, image_size=48)
 
 
-def start(log_path, *flags):
-    """main.py with `flags`, its output going to `log_path`: the Popen."""
-    with open(log_path, 'w') as log:
-        return subprocess.Popen([sys.executable, os.path.join(ROOT, 'main.py'), *flags], cwd=ROOT,
-                                stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED='1'))
-
-
-def wait_for_line(proc, log_path, pattern):
-    """Wait until `log_path` has a line matching `pattern` (a regex) while `proc` runs."""
-    deadline = time.monotonic() + PATIENCE
-    while time.monotonic() < deadline and proc.poll() is None:
-        with open(log_path) as f:
-            if re.search(pattern, f.read()):
-                return
-        time.sleep(0.05)
-    raise AssertionError('{!r} never appeared:\n{}'.format(pattern, open(log_path).read()[-5000:]))
-
-
-def finish(proc, log_path):
-    """(exit status, output) once `proc` ends."""
-    status = proc.wait(PATIENCE)
-    with open(log_path) as f:
-        return status, f.read()
-
-
-def children(pid):
-    """The pids of the processes whose parent is `pid`."""
-    return [int(p) for task in os.listdir('/proc/{}/task'.format(pid))
-            for p in open('/proc/{}/task/{}/children'.format(pid, task)).read().split()]
-
-
-def processes_naming(text):
-    """The pids of live processes whose command line contains `text`."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir('/proc')):
-        try:
-            with open('/proc/{}/cmdline'.format(pid), 'rb') as f:
-                cmdline = f.read().replace(b'\0', b' ').decode(errors='replace')
-            with open('/proc/{}/stat'.format(pid)) as f:
-                zombie = f.read().rsplit(')', 1)[1].split()[0] == 'Z'
-        except OSError:
-            continue
-        if text in cmdline and not zombie:
-            found.append(int(pid))
-    return found
-
-
-def wait_until_gone(text):
-    """The processes still naming `text` after they had PATIENCE seconds to end (none, hopefully)."""
-    deadline = time.monotonic() + PATIENCE
-    while processes_naming(text) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return processes_naming(text)
+@pytest.fixture(scope='module')
+def long_val_dir(tmp_path_factory):
+    """The sample with 4,000 validation images: evaluating them takes several seconds."""
+    return write_sample_dataset(str(tmp_path_factory.mktemp('long_val_data')), num_classes=NUM_CLASSES,
+                                train_per_class=16, val_per_class=1000, image_size=48)
 
 
 def schedule(step, base_lr, warmup_steps, total_steps):
@@ -104,8 +56,8 @@ def test_sigkill_leaves_no_data_worker(data_dir, tmp_path):
     logdir, log = str(tmp_path / 'log'), str(tmp_path / 'out.txt')
     proc = start(log, *training_flags(data_dir, logdir))
     wait_for_line(proc, log, r'Start Epoch 1 ')
-    workers = children(proc.pid)
-    assert len(workers) == 2 and set(workers) <= set(processes_naming(logdir))
+    workers = children(proc.pid)     # two decode training images, two validation images
+    assert len(workers) == 4 and set(workers) <= set(processes_naming(logdir))
     proc.send_signal(signal.SIGKILL)
     assert proc.wait(PATIENCE) == -signal.SIGKILL
     assert wait_until_gone(logdir) == []
@@ -117,8 +69,10 @@ def test_sigterm_mid_epoch_saves_and_the_rerun_ends_exactly(data_dir, tmp_path):
     proc = start(log, *flags)
     wait_for_line(proc, log, r'Start Epoch 2 ')
     proc.send_signal(signal.SIGTERM)
+    wait_for_line(proc, log, r'Saving a checkpoint at global step \d+ before stopping')
     proc.send_signal(signal.SIGTERM)      # a second one, while it saves, changes nothing
     status, output = finish(proc, log)
+    assert 'SIGTERM received while stopping: ignored' in output
     assert status == main.STOPPED, output[-5000:]
     stopped = re.search(r'^Training stopped by SIGTERM at global step (\d+): saved (\S+); run the same '
                         r'command again to resume from it$', output, re.M)
@@ -129,6 +83,8 @@ def test_sigterm_mid_epoch_saves_and_the_rerun_ends_exactly(data_dir, tmp_path):
     base_lr, total = 0.4 * 16 / 256, EPOCHS * STEPS
     checkpoint = tf.train.load_checkpoint(saved)
     assert checkpoint.get_tensor('global_step') == step
+    for name in checkpoint.get_variable_to_shape_map():    # every tensor reads back whole
+        checkpoint.get_tensor(name)
     assert checkpoint.get_tensor('learning_rate') == pytest.approx(schedule(step, base_lr, STEPS, total))
     assert processes_naming(logdir) == []
 
@@ -212,19 +168,21 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_newest_intact_one(data_dir,
     assert tf.train.load_checkpoint(tf.train.latest_checkpoint(logdir)).get_tensor('global_step') == 6
 
 
-def test_killed_worker_stops_training_with_an_error_after_saving(data_dir, tmp_path):
+@pytest.mark.parametrize('kind', ['data worker', 'validation data worker'])
+def test_killed_worker_stops_training_with_an_error_after_saving(data_dir, tmp_path, kind):
     logdir, log = str(tmp_path / 'log'), str(tmp_path / 'out.txt')
     proc = start(log, *training_flags(data_dir, logdir))
     wait_for_line(proc, log, r'Start Epoch 1 ')
-    worker = children(proc.pid)[0]
+    with open(log) as f:
+        worker = int(re.search(r'Started 2 {}s: pids (\d+), \d+\.'.format(kind), f.read()).group(1))
+    assert worker in children(proc.pid)
     os.kill(worker, signal.SIGKILL)
     status, output = finish(proc, log)
     assert status == 1, output[-5000:]
-    error = re.search(r'^error: data worker \d of 2 \(pid (\d+)\) was killed by SIGKILL; training stopped at '
-                      r'global step (\d+): saved (\S+); run the same command again to resume from it$',
-                      output, re.M)
-    assert error and int(error.group(1)) == worker, output[-5000:]
-    assert tf.train.load_checkpoint(error.group(3)).get_tensor('global_step') == int(error.group(2))
+    error = re.search(r'^error: {} 1 of 2 \(pid {}\) was killed by SIGKILL; training stopped at global step (\d+): '
+                      r'saved (\S+); run the same command again to resume from it$'.format(kind, worker), output, re.M)
+    assert error and int(error.group(1)) < STEPS, output[-5000:]     # noticed within the first epoch
+    assert tf.train.load_checkpoint(error.group(2)).get_tensor('global_step') == int(error.group(1))
     assert 'Traceback' not in output
     assert processes_naming(logdir) == []
 
@@ -270,3 +228,38 @@ def test_validation_lists_the_images_it_could_not_decode(data_dir, tmp_path):
                                   '--steps_per_epoch', '1', *SMALL), log)
     assert status == 0, output[-5000:]
     assert output.count('Validation skipped 1 images that could not be decoded: {}'.format(bad)) == 2
+
+
+def test_sigterm_during_validation_gives_it_up_saves_and_stops(long_val_dir, tmp_path):
+    logdir, log = str(tmp_path / 'log'), str(tmp_path / 'out.txt')
+    proc = start(log, '--data_dir', long_val_dir, '--logdir', logdir, '--epochs', '2', '--steps_per_epoch', '2',
+                 *SMALL)
+    wait_for_line(proc, log, r'Validation:')
+    signalled = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    status, output = finish(proc, log)
+    assert time.monotonic() - signalled < 60
+    assert status == main.STOPPED, output[-5000:]
+    given_up = re.search(r'Validation given up after (\d+) of 250 batches: training is stopping', output)
+    assert given_up and int(given_up.group(1)) < 250, output[-5000:]
+    assert 'val-error-top1' not in output     # no statistic from the part that ran
+    assert re.search(r'^Training stopped by SIGTERM at global step 3: saved {}; '.format(
+        re.escape(os.path.join(logdir, 'model-3'))), output, re.M), output[-5000:]
+    assert processes_naming(logdir) == []
+
+
+def test_evaluation_worker_killed_by_sigsegv_is_one_error_line(long_val_dir, tmp_path):
+    log = str(tmp_path / 'out.txt')
+    proc = start(log, '--eval', '--data_dir', long_val_dir, *SMALL)
+    wait_for_line(proc, log, r'Evaluating ghostnet on 4000 images')
+    deadline = time.monotonic() + PATIENCE
+    while len(children(proc.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    worker = children(proc.pid)[0]
+    os.kill(worker, signal.SIGSEGV)       # as a decoder crashing on a malicious file would end
+    status, output = finish(proc, log)
+    assert status == 1, output[-5000:]
+    assert re.search(r'^error: evaluation stopped: validation data worker \d of 2 \(pid {}\) was killed by SIGSEGV$'.format(
+        worker), output, re.M), output[-5000:]
+    assert 'Traceback' not in output and 'Top1 Error' not in output
+    assert wait_until_gone(long_val_dir) == []
