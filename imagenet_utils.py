@@ -13,11 +13,9 @@ from tensorpack import ModelDesc
 from tensorpack.dataflow import BatchData, DataFromList, MapData, imgaug
 from tensorpack.models import regularize_cost
 from tensorpack.predict import MultiTowerOfflinePredictor, OfflinePredictor, PredictConfig
-from tensorpack.tfutils.argscope import argscope
 from tensorpack.tfutils.summary import add_moving_summary
 from tensorpack.utils.utils import get_tqdm
 
-from myconv2d import ConvBN, DepthConv, SELayer
 from workers import OrderedWatchedMapData, WatchedMapData, WorkerDied
 
 tfv1 = tf.compat.v1
@@ -302,13 +300,10 @@ def get_val_dataflow(examples, batch_size, image_size=224, workers=None, bad_ima
 
 
 def batch_predictors(config, num_towers=1):
-    """One predictor of `config` per tower, on the network export.py serves: batch norm folded, Ghost
-    module outputs taken by parts (faster on batches; at batch 1 the extra ops cost more than the
-    concatenations they save, so a plain OfflinePredictor keeps the concatenations)."""
-    with argscope([ConvBN, DepthConv, SELayer], by_parts=True):
-        if num_towers > 1:
-            return MultiTowerOfflinePredictor(config, list(range(num_towers))).get_predictors()
-        return [OfflinePredictor(config)]
+    """One predictor of `config` per tower (GPU)."""
+    if num_towers > 1:
+        return MultiTowerOfflinePredictor(config, list(range(num_towers))).get_predictors()
+    return [OfflinePredictor(config)]
 
 
 def evaluate(model, session_init, dataflow, num_towers=1):

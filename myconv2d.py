@@ -124,7 +124,7 @@ def conv_bn_relu(x, kernel, strides, depthwise, bn, relu, use_bias, bn_name, dat
 
 @layer_register(log_shape=True)
 def ConvBN(x, filters, kernel_size=1, strides=1, bn=True, relu=True, use_bias=False, data_format='NHWC',
-           fold_bn=True, by_parts=False):
+           fold_bn=True, by_parts=True):
     """Conv `W` [k, k, in, filters], then BN under `bn/` (or a bias `b` with bn=False), then ReLU."""
     in_channels = int(x.shape[channel_axis(data_format)])
     kernel = tfv1.get_variable('W', [kernel_size, kernel_size, in_channels, filters],
@@ -134,7 +134,7 @@ def ConvBN(x, filters, kernel_size=1, strides=1, bn=True, relu=True, use_bias=Fa
 
 @layer_register(log_shape=True)
 def DepthConv(x, kernel_size, channel_multiplier=1, strides=1, bn=True, relu=False, use_bias=False,
-              data_format='NHWC', kernel_name='W', fold_bn=True, by_parts=False):
+              data_format='NHWC', kernel_name='W', fold_bn=True, by_parts=True):
     """Depthwise conv [k, k, in, multiplier], then BN (+ ReLU).
 
     The BN is under `bn/` with a ReLU and `output/` without, as in the released checkpoint
@@ -173,7 +173,7 @@ def GhostModule(x, filters, kernel_size=1, dw_size=3, ratio=2, strides=1, bn=Tru
 
 
 @layer_register(log_shape=True)
-def SELayer(x, reduction=4, data_format='NHWC', fold_bn=True, by_parts=False):
+def SELayer(x, reduction=4, data_format='NHWC', fold_bn=True, by_parts=True):
     """Squeeze-and-excitation with the released hard gate `clip(x, 0, 1)`; in inference `by_parts`, on a
     Ghost module's output, each part is gated apart (see `convolve_by_parts`)."""
     channels = int(x.shape[channel_axis(data_format)])

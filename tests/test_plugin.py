@@ -67,13 +67,13 @@ def test_counts_match_the_paper(arch, ratio, dw, params, madds, tolerance):
     assert counted_madds == pytest.approx(madds, rel=tolerance)
 
 
-def randomized_graph(model, fold_bn, seed=0):
+def randomized_graph(model, fold_bn, seed=0, by_parts=True):
     """`model` built in inference mode in a new graph; (graph, input, logits, random values by variable name)."""
     # BN scales that keep the activations' size: small in residual networks (27 blocks add up)
     gamma_range = (0.2, 0.6) if isinstance(model, (ResNet50, ResNet56)) else (0.5, 1.5)
     graph = tf.Graph()
     with graph.as_default(), TowerContext('', is_training=False), \
-            argscope([ConvBN, DepthConv, SELayer], fold_bn=fold_bn):
+            argscope([ConvBN, DepthConv, SELayer], fold_bn=fold_bn, by_parts=by_parts):
         image = tfv1.placeholder(tf.float32, [None, model.image_shape, model.image_shape, 3], 'input')
         logits = model.get_logits(model.image_preprocess(image))
         variables = checkpoint_variables()
@@ -89,6 +89,17 @@ def randomized_graph(model, fold_bn, seed=0):
             fan_in = np.prod(shape[:-1]) if len(shape) == 4 and not var.op.name.endswith('DW') else 2
             values[var.op.name] = rng.normal(0, np.sqrt(2 / fan_in) if len(shape) == 4 else 0.2, shape)
     return graph, image, logits, {name: value.astype(np.float32) for name, value in values.items()}
+
+
+def ops_computing(tensor):
+    """The ops a run fetching `tensor` executes."""
+    ops, pending = set(), [tensor.op]
+    while pending:
+        op = pending.pop()
+        if op not in ops:
+            ops.add(op)
+            pending += [t.op for t in op.inputs] + list(op.control_inputs)
+    return ops
 
 
 def run_graph(graph, image, logits, values, images):
@@ -120,6 +131,25 @@ def save_checkpoint(graph, values, prefix):
     with graph.as_default(), tfv1.Session() as sess:
         load_values(sess, values)
         return tfv1.train.Saver(checkpoint_variables()).save(sess, prefix, write_meta_graph=False)
+
+
+@pytest.mark.parametrize('arch', ['ghostnet', 'ghost-resnet56'])
+def test_inference_by_parts_matches_the_concatenations_and_batch_norm(arch):
+    """An inference tower takes the Ghost modules' outputs by parts (the default): the same logits as
+    with the concatenations, and as with batch norm unfolded (which takes no parts)."""
+    model = small_model(arch)
+    images = random_images(model)
+    graph, image, logits, values = randomized_graph(model, fold_bn=False)
+    values = centered_classifier(model, values, run_graph(graph, image, logits, values, images))
+    unfolded = run_graph(graph, image, logits, values, images)
+    tolerance = dict(rtol=1e-4, atol=1e-4 * np.abs(unfolded).max())
+    concats = {}
+    for by_parts in (True, False):
+        folded_graph = randomized_graph(model, fold_bn=True, by_parts=by_parts)[:3]
+        np.testing.assert_allclose(run_graph(*folded_graph, values, images), unfolded, **tolerance)
+        concats[by_parts] = sum(op.type == 'ConcatV2' for op in ops_computing(folded_graph[2]))
+    assert len(set(unfolded.argmax(1))) > 1
+    assert 0 < concats[True] < concats[False]    # by parts, some concatenations are never built
 
 
 @pytest.mark.parametrize('arch', NEW_ARCHS)
