@@ -32,7 +32,7 @@ class StopRequest:
 
     def on_signal(self, signum, frame):
         if self.reason:
-            logger.warn('{} received while stopping: ignored, the checkpoint is being written'.format(
+            logger.warn('{} received while stopping: ignored (the checkpoint is saved or being saved)'.format(
                 signal.Signals(signum).name))
             return
         self.signal_name = signal.Signals(signum).name
@@ -42,13 +42,16 @@ class StopRequest:
 
 @contextlib.contextmanager
 def signals_request_stop(stop_request):
-    """Within the block, SIGTERM and SIGINT set `stop_request` instead of ending the process."""
+    """Within the block, SIGTERM and SIGINT set `stop_request` instead of ending the process. Once a stop
+    was requested they keep doing so after it: the process is then ending, and a second signal would cut
+    short its cleanup and its exit status."""
     previous = {signum: signal.signal(signum, stop_request.on_signal) for signum in STOP_SIGNALS}
     try:
         yield
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        if not stop_request.reason:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
 
 class SaveAndStop(Callback):

@@ -259,7 +259,7 @@ def test_evaluation_worker_killed_by_sigsegv_is_one_error_line(long_val_dir, tmp
     os.kill(worker, signal.SIGSEGV)       # as a decoder crashing on a malicious file would end
     status, output = finish(proc, log)
     assert status == 1, output[-5000:]
-    assert re.search(r'^error: evaluation stopped: validation data worker \d of 2 \(pid {}\) was killed by SIGSEGV$'.format(
-        worker), output, re.M), output[-5000:]
+    error = r'^error: evaluation stopped: validation data worker \d of 2 \(pid {}\) was killed by SIGSEGV$'
+    assert re.search(error.format(worker), output, re.M), output[-5000:]
     assert 'Traceback' not in output and 'Top1 Error' not in output
     assert wait_until_gone(long_val_dir) == []
