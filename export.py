@@ -98,7 +98,7 @@ def serving_graph(model, fold_bn=True):
     getter, folded = stem_folding_getter(model)
     with tf.Graph().as_default() as graph, TowerContext('', is_training=False), \
             tfv1.variable_scope(tfv1.get_variable_scope(), custom_getter=getter), \
-            argscope([ConvBN, DepthConv, SELayer], fold_bn=fold_bn, by_parts=fold_bn):
+            argscope([ConvBN, DepthConv, SELayer], fold_bn=fold_bn):
         images = tfv1.placeholder(tf.uint8, [None, size, size, 3], 'images')
         logits = tf.identity(model.get_logits(model.centered_rgb(images)), name='logits')
         probabilities = tf.nn.softmax(logits, name='probabilities')

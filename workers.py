@@ -104,7 +104,8 @@ class Numbered(ProxyDataFlow):
     """[index, datapoint] for each datapoint of `ds`, the index counting from 0 in every pass."""
 
     def __iter__(self):
-        yield from ([index, datapoint] for index, datapoint in enumerate(self.ds))
+        for index, datapoint in enumerate(self.ds):
+            yield [index, datapoint]
 
 
 def numbered_call(map_func, numbered):
