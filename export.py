@@ -59,19 +59,6 @@ def checkpoint_num_classes(model_class, checkpoint):
     return shapes[classifier_bias][0]
 
 
-def stem_folding_getter(model):
-    """A variable-scope custom getter that hands the first 3-channel conv kernel out as `model.stem_kernel`."""
-    folded = []
-
-    def custom_getter(getter, name, *args, **kwargs):
-        variable = getter(name, *args, **kwargs)
-        if folded or variable.shape.rank != 4 or variable.shape[2] != 3:
-            return variable
-        folded.append(name)
-        return model.stem_kernel(variable)
-    return custom_getter, folded
-
-
 def top_k_classes(scores, k):
     """`tf.math.top_k(scores, k).indices` by k rounds of argmax, each marking the class it took below the
     lowest score. LiteRT's TOPK_V2 gives its output no shape when the batch is dynamic, which its
@@ -89,23 +76,18 @@ def serving_graph(model, fold_bn=True):
     """The inference network (batch norm folded, no dropout) on uint8 RGB `images`, in a new graph.
 
     The BGR order and scaling of `image_preprocess` are folded into the first conv's kernel (see
-    `ImageNetModel.centered_rgb`): no channel reversal or scaling runs on the images, and the layers
-    after a Ghost module take its output by parts (`myconv2d.convolve_by_parts`). With
+    `ImageNetModel.logits_folding_preprocessing`): no channel reversal or scaling runs on the images, and
+    the layers after a Ghost module take its output by parts (`myconv2d.convolve_by_parts`). With
     `fold_bn=False` batch norm stays apart, for converters that fold it themselves, and the Ghost
     modules' outputs are concatenated (int8 keeps its precision on whole sums, not partial ones).
     """
     size = model.image_shape
-    getter, folded = stem_folding_getter(model)
     with tf.Graph().as_default() as graph, TowerContext('', is_training=False), \
-            tfv1.variable_scope(tfv1.get_variable_scope(), custom_getter=getter), \
             argscope([ConvBN, DepthConv, SELayer], fold_bn=fold_bn):
         images = tfv1.placeholder(tf.uint8, [None, size, size, 3], 'images')
-        logits = tf.identity(model.get_logits(model.centered_rgb(images)), name='logits')
+        logits = tf.identity(model.logits_folding_preprocessing(images, 'RGB'), name='logits')
         probabilities = tf.nn.softmax(logits, name='probabilities')
         tf.identity(top_k_classes(logits, min(5, model.num_classes)), name='top5')   # the order of probabilities
-    if not folded:
-        raise ValueError('{} has no conv on the 3 image channels to fold preprocessing into'.format(
-            type(model).__name__))
     return graph
 
 

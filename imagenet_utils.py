@@ -14,6 +14,7 @@ from tensorpack.dataflow import BatchData, DataFromList, MapData, imgaug
 from tensorpack.models import regularize_cost
 from tensorpack.predict import MultiTowerOfflinePredictor, OfflinePredictor, PredictConfig
 from tensorpack.tfutils.summary import add_moving_summary
+from tensorpack.tfutils.tower import get_current_tower_context
 from tensorpack.utils.utils import get_tqdm
 
 from workers import OrderedWatchedMapData, WatchedMapData, WorkerDied
@@ -53,7 +54,11 @@ class ImageNetModel(ModelDesc):
                 tf.TensorSpec([None], tf.int32, 'label')]
 
     def build_graph(self, image, label):
-        logits = tf.identity(self.get_logits(self.image_preprocess(image)), name='logits')
+        if get_current_tower_context().is_training:
+            logits = self.get_logits(self.image_preprocess(image))
+        else:
+            logits = self.logits_folding_preprocessing(image, 'BGR')
+        logits = tf.identity(logits, name='logits')
         tf.nn.softmax(logits, name='prob')
         loss = self.classification_loss(logits, label)
         self.classification_errors(logits, label)
@@ -81,18 +86,40 @@ class ImageNetModel(ModelDesc):
                 image = tf.transpose(image, [0, 3, 1, 2])
             return image
 
-    def centered_rgb(self, images):
-        """uint8 RGB NHWC less 255 x the mean, in `self.data_format`: `image_preprocess` but for the
-        scale and the BGR order, which `stem_kernel` folds into the first conv (zero padding is the same)."""
-        with tf.name_scope('centered_rgb'):
-            image = tf.cast(images, tf.float32) - tf.constant([255 * m for m in self.mean_rgb], tf.float32)
+    def logits_folding_preprocessing(self, images, order):
+        """`get_logits(image_preprocess(...))` of [0, 255] images in channel `order` ('RGB' or 'BGR') with
+        the scaling and channel order folded into the first conv's kernel, as inference runs it: only the
+        mean is subtracted from the images, and zero padding is the same."""
+        folded = []
+
+        def stem_folding_getter(getter, name, *args, **kwargs):
+            variable = getter(name, *args, **kwargs)
+            if folded or variable.shape.rank != 4 or variable.shape[2] != 3:
+                return variable
+            folded.append(name)
+            return self.stem_kernel(variable, order)
+        with tfv1.variable_scope(tfv1.get_variable_scope(), custom_getter=stem_folding_getter):
+            logits = self.get_logits(self.centered(images, order))
+        if not folded:
+            raise ValueError('{} has no conv on the 3 image channels to fold preprocessing into'.format(
+                type(self).__name__))
+        return logits
+
+    def centered(self, images, order):
+        """[0, 255] images in channel `order` less 255 x the mean, in `self.data_format`."""
+        mean = self.mean_rgb if order == 'RGB' else self.mean_rgb[::-1]
+        with tf.name_scope('centered_' + order.lower()):
+            image = tf.cast(images, tf.float32) - tf.constant([255 * m for m in mean], tf.float32)
             if self.data_format in ('NCHW', 'channels_first'):
                 image = tf.transpose(image, [0, 3, 1, 2])
             return image
 
-    def stem_kernel(self, kernel):
-        """The first conv's kernel [k, k, 3, C] for `centered_rgb` input: BGR rows to RGB, over 255 x std."""
-        return tf.reverse(kernel, [2]) / tf.constant([[[[255 * s] for s in self.std_rgb]]], tf.float32)
+    def stem_kernel(self, kernel, order):
+        """The first conv's kernel [k, k, 3, C] for `centered` input: its BGR rows in `order`, over 255 x std."""
+        if order == 'RGB':
+            kernel = tf.reverse(kernel, [2])
+        std = self.std_rgb if order == 'RGB' else self.std_rgb[::-1]
+        return kernel / tf.constant([[[[255 * s] for s in std]]], tf.float32)
 
     def classification_loss(self, logits, label):
         """Mean cross-entropy against labels smoothed by `self.label_smoothing`."""

@@ -1,13 +1,14 @@
 """The layers every network here is made of: a conv + BN (+ ReLU) that folds its BN in inference, the
 Ghost module (a primary conv plus a cheap depthwise op) that replaces it, and squeeze-and-excitation.
 
-Training builds tensorpack's BatchNorm; an inference tower (evaluation, prediction, export, counting)
-folds each batch norm into the conv before it, from the same variables under the same names.
+Training builds tensorpack's BatchNorm; an inference tower (evaluation, prediction, export) folds each
+batch norm into the conv before it, from the same variables under the same names: into the kernel of a
+depthwise conv or of a conv that takes a Ghost module's output by parts, and otherwise as an inference-mode
+batch norm that grappler fuses into the conv op and converters fold into the kernel.
 """
 import math
 
 import compat  # noqa: F401  (must come before TensorFlow)
-import numpy as np
 import tensorflow as tf
 from tensorpack.models import BatchNorm, layer_register
 from tensorpack.models.batch_norm import get_bn_variables
@@ -68,52 +69,72 @@ def channel_parts(x, data_format):
     return list(op.inputs[:-1])
 
 
-def part_slices(parts, data_format):
-    """(start, end) of each part's channels in their concatenation."""
-    ends = np.cumsum([int(part.shape[channel_axis(data_format)]) for part in parts])
-    return list(zip(np.concatenate([[0], ends[:-1]]), ends))
+def part_sizes(parts, data_format):
+    """The channels of each part of a concatenation."""
+    return [int(part.shape[channel_axis(data_format)]) for part in parts]
 
 
-def convolve_by_parts(x, kernel, bias, strides, depthwise, relu, data_format, by_parts):
-    """conv + bias (+ ReLU) as inference runs it. With `by_parts`, on a channel concatenation (a Ghost
-    module's output) a depthwise conv runs on each part and a conv sums its parts' convs, when that moves
-    less memory than the concatenation does (3 x out < 2 x in channels): the concatenation is then never
-    computed."""
-    nchw_format = 'NCHW' if is_nchw(data_format) else 'NHWC'
-    activation = tf.nn.relu if relu else tf.identity
+def parts_taken(x, kernel, depthwise, data_format, by_parts):
+    """The parts a conv takes apart when `x` is a channel concatenation (a Ghost module's output), else []:
+    with `by_parts`, a depthwise conv runs on each part, and a conv sums its parts' convs when that moves
+    less memory than the concatenation does (3 x out < 2 x in channels)."""
     parts = channel_parts(x, data_format) if by_parts else [x]
     per_part = depthwise and int(kernel.shape[3]) == 1
     summed = not depthwise and 3 * int(kernel.shape[3]) < 2 * int(kernel.shape[2])
-    if len(parts) == 1 or not (per_part or summed):
+    return parts if len(parts) > 1 and (per_part or summed) else []
+
+
+def convolve_by_parts(x, parts, kernel, bias, strides, depthwise, relu, data_format):
+    """conv + bias (+ ReLU) as inference runs it, on `parts_taken` when there are any: the concatenation is
+    then never computed."""
+    nchw_format = 'NCHW' if is_nchw(data_format) else 'NHWC'
+    activation = tf.nn.relu if relu else tf.identity
+    if not parts:
         return activation(tf.nn.bias_add(convolve(x, kernel, strides, depthwise, data_format), bias,
                                          data_format=nchw_format), name='output')
-    slices = part_slices(parts, data_format)
-    if per_part:
-        outputs = [activation(tf.nn.bias_add(convolve(part, kernel[:, :, start:end], strides, True, data_format),
-                                             bias[start:end], data_format=nchw_format))
-                   for part, (start, end) in zip(parts, slices)]
+    sizes = part_sizes(parts, data_format)
+    kernels = tf.split(kernel, sizes, 2)
+    if depthwise:
+        outputs = [activation(tf.nn.bias_add(convolve(part, part_kernel, strides, True, data_format), part_bias,
+                                             data_format=nchw_format))
+                   for part, part_kernel, part_bias in zip(parts, kernels, tf.split(bias, sizes))]
         return tf.concat(outputs, channel_axis(data_format), name='output')
-    convs = [convolve(part, kernel[:, :, start:end], strides, False, data_format)
-             for part, (start, end) in zip(parts, slices)]
+    convs = [convolve(part, part_kernel, strides, False, data_format) for part, part_kernel in zip(parts, kernels)]
     x = tf.nn.bias_add(convs[0], bias, data_format=nchw_format)   # the bias where converters fuse it
     for conv in convs[1:]:
         x = tf.add(x, conv)
     return activation(x, name='output')
 
 
+def batch_normalized(conv, relu, channels, bn_name, data_format):
+    """Batch norm in inference mode on a conv's output: grappler fuses it into the conv, which then scales
+    its output, and converters fold it into the kernel, so that no kernel is rescaled at run time."""
+    with tfv1.variable_scope(bn_name):
+        beta, gamma, mean, variance = get_bn_variables(channels, True, True, tf.zeros_initializer(),
+                                                       tf.ones_initializer())
+    x, _, _ = tfv1.nn.fused_batch_norm(conv, gamma, beta, mean, variance, BN_EPSILON, is_training=False,
+                                       data_format='NCHW' if is_nchw(data_format) else 'NHWC')
+    return tf.nn.relu(x, name='output') if relu else tf.identity(x, name='output')
+
+
 def conv_bn_relu(x, kernel, strides, depthwise, bn, relu, use_bias, bn_name, data_format, fold_bn, by_parts):
-    """The layer body: conv, then BN (folded into the conv in inference) or a bias, then ReLU."""
+    """The layer body: conv, then BN or a bias, then ReLU. In inference, BN is folded into a depthwise
+    kernel or into a kernel that takes parts, and is one op with any other conv."""
     channels = int(kernel.shape[2] * kernel.shape[3]) if depthwise else int(kernel.shape[3])
     nchw_format = 'NCHW' if is_nchw(data_format) else 'NHWC'
     inference = fold_bn and not get_current_tower_context().is_training
+    parts = parts_taken(x, kernel, depthwise, data_format, by_parts) if inference else []
+    if bn and inference and not (depthwise or parts):
+        return batch_normalized(convolve(x, kernel, strides, False, data_format), relu, channels, bn_name,
+                                data_format)
     if bn and inference:
         with tfv1.variable_scope(bn_name):
             kernel, bias = folded_batch_norm(kernel, channels, depthwise)
-        return convolve_by_parts(x, kernel, bias, strides, depthwise, relu, data_format, by_parts)
+        return convolve_by_parts(x, parts, kernel, bias, strides, depthwise, relu, data_format)
     if use_bias:
         bias = tfv1.get_variable('b', [channels], initializer=tf.zeros_initializer())
         if inference:
-            return convolve_by_parts(x, kernel, bias, strides, depthwise, relu, data_format, by_parts)
+            return convolve_by_parts(x, parts, kernel, bias, strides, depthwise, relu, data_format)
     x = convolve(x, kernel, strides, depthwise, data_format)
     if use_bias:
         x = tf.nn.bias_add(x, bias, data_format=nchw_format)
@@ -182,10 +203,11 @@ def SELayer(x, reduction=4, data_format='NHWC', fold_bn=True, by_parts=True):
     axis = channel_axis(data_format)
     means = [tf.reduce_mean(part, spatial_axes(data_format), keepdims=True) for part in parts]
     squeezed = means[0] if len(parts) == 1 else tf.concat(means, axis)
-    fc_args = dict(bn=False, use_bias=True, data_format=data_format, fold_bn=fold_bn, by_parts=by_parts)
+    # the squeezed means are too small for their concatenation to cost what taking them apart would
+    fc_args = dict(bn=False, use_bias=True, data_format=data_format, fold_bn=fold_bn, by_parts=False)
     hidden = ConvBN('fc1', squeezed, int(channels / reduction), relu=True, **fc_args)
     gate = tf.clip_by_value(ConvBN('fc2', hidden, channels, relu=False, **fc_args), 0., 1.)
     if len(parts) == 1:
         return tf.multiply(x, gate, name='output')
-    gates = [gate[:, start:end] if axis == 1 else gate[..., start:end] for start, end in part_slices(parts, data_format)]
+    gates = tf.split(gate, part_sizes(parts, data_format), axis)
     return tf.concat([part * part_gate for part, part_gate in zip(parts, gates)], axis, name='output')

@@ -169,6 +169,20 @@ def test_stride2_bottleneck_with_se_matches_numpy():
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
 
 
+def executed_op_types(build_fn, inputs):
+    """(types, fused op lists) of the ops a session runs for `build_fn(x)` in inference mode, after
+    grappler's rewrites."""
+    with tf.Graph().as_default(), TowerContext('', is_training=False), tfv1.Session() as sess:
+        x = tfv1.placeholder(tf.float32, inputs.shape)
+        out = build_fn(x)
+        sess.run(tfv1.global_variables_initializer())
+        metadata = tfv1.RunMetadata()
+        sess.run(out, {x: inputs}, tfv1.RunOptions(output_partition_graphs=True), metadata)
+    nodes = [node for graph in metadata.partition_graphs for node in graph.node]
+    return ([node.op for node in nodes],
+            [[op.decode() for op in node.attr['fused_ops'].list.s] for node in nodes if 'fused_ops' in node.attr])
+
+
 @pytest.mark.parametrize('depthwise, multiplier, relu', [(False, 1, True), (True, 1, False), (True, 3, True)])
 def test_inference_folds_batch_norm_into_the_conv(depthwise, multiplier, relu):
     inputs = np.random.RandomState(3).normal(size=(2, 9, 9, 4)).astype(np.float32)
@@ -189,9 +203,10 @@ def test_inference_folds_batch_norm_into_the_conv(depthwise, multiplier, relu):
     expected = np.maximum(expected, 0) if relu else expected
     np.testing.assert_allclose(unfolded, expected, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(folded, expected, rtol=1e-4, atol=1e-4)
-    with tf.Graph().as_default() as graph, TowerContext('', is_training=False):
-        layer(tfv1.placeholder(tf.float32, inputs.shape))
-    assert not [op.type for op in graph.get_operations() if 'BatchNorm' in op.type]
+    types, fused = executed_op_types(layer, inputs)
+    assert not [op for op in types if 'BatchNorm' in op]
+    # a depthwise kernel takes the batch norm's scale; a conv runs it as its own output's scaling
+    assert any('FusedBatchNorm' in ops for ops in fused) == (not depthwise)
 
 
 @pytest.mark.parametrize('ratio', [2, 3, 4, 5])
