@@ -26,6 +26,11 @@ IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
 
 
+def in_order(values_rgb, order):
+    """Per-channel values given in RGB, in channel `order` ('RGB' or 'BGR')."""
+    return tuple(values_rgb) if order == 'RGB' else tuple(values_rgb[::-1])
+
+
 class ImageNetModel(ModelDesc):
     """A classifier on BGR uint8-range images; subclasses define `get_logits`, `scope` and `classifier_bias`.
 
@@ -107,7 +112,7 @@ class ImageNetModel(ModelDesc):
 
     def centered(self, images, order):
         """[0, 255] images in channel `order` less 255 x the mean, in `self.data_format`."""
-        mean = self.mean_rgb if order == 'RGB' else self.mean_rgb[::-1]
+        mean = in_order(self.mean_rgb, order)
         with tf.name_scope('centered_' + order.lower()):
             image = tf.cast(images, tf.float32) - tf.constant([255 * m for m in mean], tf.float32)
             if self.data_format in ('NCHW', 'channels_first'):
@@ -118,7 +123,7 @@ class ImageNetModel(ModelDesc):
         """The first conv's kernel [k, k, 3, C] for `centered` input: its BGR rows in `order`, over 255 x std."""
         if order == 'RGB':
             kernel = tf.reverse(kernel, [2])
-        std = self.std_rgb if order == 'RGB' else self.std_rgb[::-1]
+        std = in_order(self.std_rgb, order)
         return kernel / tf.constant([[[[255 * s] for s in std]]], tf.float32)
 
     def classification_loss(self, logits, label):

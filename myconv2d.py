@@ -28,6 +28,11 @@ def is_nchw(data_format):
     return data_format in ('NCHW', 'channels_first')
 
 
+def tf_format(data_format):
+    """TensorFlow's name of `data_format`: 'NCHW' or 'NHWC'."""
+    return 'NCHW' if is_nchw(data_format) else 'NHWC'
+
+
 def channel_axis(data_format):
     return 1 if is_nchw(data_format) else 3
 
@@ -56,7 +61,7 @@ def convolve(x, kernel, strides, depthwise, data_format):
     nchw = is_nchw(data_format)
     strides4 = [1, 1, strides, strides] if nchw else [1, strides, strides, 1]
     conv = tf.nn.depthwise_conv2d if depthwise else tf.nn.conv2d
-    return conv(x, kernel, strides4, 'SAME', data_format='NCHW' if nchw else 'NHWC')
+    return conv(x, kernel, strides4, 'SAME', data_format=tf_format(data_format))
 
 
 def channel_parts(x, data_format):
@@ -87,7 +92,7 @@ def parts_taken(x, kernel, depthwise, data_format, by_parts):
 def convolve_by_parts(x, parts, kernel, bias, strides, depthwise, relu, data_format):
     """conv + bias (+ ReLU) as inference runs it, on `parts_taken` when there are any: the concatenation is
     then never computed."""
-    nchw_format = 'NCHW' if is_nchw(data_format) else 'NHWC'
+    nchw_format = tf_format(data_format)
     activation = tf.nn.relu if relu else tf.identity
     if not parts:
         return activation(tf.nn.bias_add(convolve(x, kernel, strides, depthwise, data_format), bias,
@@ -113,7 +118,7 @@ def batch_normalized(conv, relu, channels, bn_name, data_format):
         beta, gamma, mean, variance = get_bn_variables(channels, True, True, tf.zeros_initializer(),
                                                        tf.ones_initializer())
     x, _, _ = tfv1.nn.fused_batch_norm(conv, gamma, beta, mean, variance, BN_EPSILON, is_training=False,
-                                       data_format='NCHW' if is_nchw(data_format) else 'NHWC')
+                                       data_format=tf_format(data_format))
     return tf.nn.relu(x, name='output') if relu else tf.identity(x, name='output')
 
 
@@ -121,7 +126,7 @@ def conv_bn_relu(x, kernel, strides, depthwise, bn, relu, use_bias, bn_name, dat
     """The layer body: conv, then BN or a bias, then ReLU. In inference, BN is folded into a depthwise
     kernel or into a kernel that takes parts, and is one op with any other conv."""
     channels = int(kernel.shape[2] * kernel.shape[3]) if depthwise else int(kernel.shape[3])
-    nchw_format = 'NCHW' if is_nchw(data_format) else 'NHWC'
+    nchw_format = tf_format(data_format)
     inference = fold_bn and not get_current_tower_context().is_training
     parts = parts_taken(x, kernel, depthwise, data_format, by_parts) if inference else []
     if bn and inference and not (depthwise or parts):
@@ -188,7 +193,7 @@ def GhostModule(x, filters, kernel_size=1, dw_size=3, ratio=2, strides=1, bn=Tru
         x = tf.concat([x, cheap], axis)
     if use_bias:
         bias = tfv1.get_variable('b', [filters], initializer=tf.zeros_initializer())
-        x = tf.nn.bias_add(x, bias, data_format='NCHW' if axis == 1 else 'NHWC')
+        x = tf.nn.bias_add(x, bias, data_format=tf_format(data_format))
         x = tf.nn.relu(x) if relu else x
     return tf.identity(x, name='output')
 
