@@ -79,6 +79,15 @@ def part_sizes(parts, data_format):
     return [int(part.shape[channel_axis(data_format)]) for part in parts]
 
 
+def channel_slices(x, sizes, data_format):
+    """`x` split along the channels into `sizes`, as slices: LiteRT's XNNPACK delegate runs slices, not the
+    SPLIT_V op of `tf.split`, which would cut the network into partitions run one after another."""
+    begins = [sum(sizes[:index]) for index in range(len(sizes))]
+    if is_nchw(data_format):
+        return [x[:, begin:begin + size] for begin, size in zip(begins, sizes)]
+    return [x[..., begin:begin + size] for begin, size in zip(begins, sizes)]
+
+
 def parts_taken(x, kernel, depthwise, data_format, by_parts):
     """The parts a conv takes apart when `x` is a channel concatenation (a Ghost module's output), else []:
     with `by_parts`, a depthwise conv runs on each part, and a conv sums its parts' convs when that moves
@@ -214,5 +223,5 @@ def SELayer(x, reduction=4, data_format='NHWC', fold_bn=True, by_parts=True):
     gate = tf.clip_by_value(ConvBN('fc2', hidden, channels, relu=False, **fc_args), 0., 1.)
     if len(parts) == 1:
         return tf.multiply(x, gate, name='output')
-    gates = tf.split(gate, part_sizes(parts, data_format), axis)
+    gates = channel_slices(gate, part_sizes(parts, data_format), data_format)
     return tf.concat([part * part_gate for part, part_gate in zip(parts, gates)], axis, name='output')
