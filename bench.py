@@ -398,9 +398,9 @@ def comma_list(choices):
     return parse
 
 
-def add_timing_arguments(parser, iters, batch_iters, out):
+def add_timing_arguments(parser, rounds, iters, batch_iters, out):
     """--rounds, --iters, --batch-iters, --batch, --image-size and --out, with these defaults."""
-    parser.add_argument('--rounds', type=int, default=5, help='rounds of interleaved timing')
+    parser.add_argument('--rounds', type=int, default=rounds, help='rounds of interleaved timing')
     parser.add_argument('--iters', type=int, default=iters, help='timed batch-1 runs per call and round')
     parser.add_argument('--batch-iters', type=int, default=batch_iters,
                         help='timed large-batch runs (inference and training) per call and round')
@@ -433,7 +433,7 @@ def parse_args(argv=None):
                         help='comma-separated, from ' + ','.join(PATHS))
     parser.add_argument('--profile', action='store_true',
                         help='add per-op-type time of the graph path at the large batch')
-    add_timing_arguments(parser, iters=5, batch_iters=1, out='results/bench_results')
+    add_timing_arguments(parser, rounds=10, iters=10, batch_iters=2, out='results/bench_results')
     return parse_timing_args(parser, argv)
 
 

@@ -160,7 +160,7 @@ def markdown(report):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--width', type=float, default=1.0, help='GhostNet width multiplier')
-    add_timing_arguments(parser, iters=10, batch_iters=2, out='results/litert_profile')
+    add_timing_arguments(parser, rounds=7, iters=10, batch_iters=2, out='results/litert_profile')
     return parse_timing_args(parser, argv)
 
 
