@@ -49,18 +49,21 @@ class WatchedMapData(MultiProcessMapDataZMQ):
     """
 
     class _Worker(MultiProcessMapDataZMQ._Worker):
-        def __init__(self, parent_pid, *args):
+        def __init__(self, parent_pid, niceness, *args):
             super().__init__(*args)
             self.parent_pid = parent_pid
+            self.niceness = niceness
 
         def run(self):
             for signum in INHERITED_HANDLERS_RESET:
                 signal.signal(signum, signal.SIG_DFL)
             die_with_parent(self.parent_pid)
+            os.nice(self.niceness)
             super().run()
 
     on_worker_death = None
     kind = 'data worker'     # how messages name the workers
+    niceness = 0             # added to the workers' nice value
 
     def reset_state(self):
         super().reset_state()
@@ -68,7 +71,7 @@ class WatchedMapData(MultiProcessMapDataZMQ):
                                                       ', '.join(str(proc.pid) for proc in self._procs)))
 
     def _create_worker(self, id, pipename, hwm):
-        return WatchedMapData._Worker(os.getpid(), id, self.map_func, pipename, hwm)
+        return WatchedMapData._Worker(os.getpid(), self.niceness, id, self.map_func, pipename, hwm)
 
     def _recv(self):
         self._check_workers()
@@ -118,6 +121,9 @@ class OrderedWatchedMapData(WatchedMapData):
     of `ds` (evaluation: the same batches whatever the number of workers)."""
 
     kind = 'validation data worker'
+    # the lowest CPU priority: the model, which bounds evaluation on a CPU, takes the cores whenever it
+    # can use them, and decoding fills the gaps (--eval end to end about 1.05x faster on 2 cores)
+    niceness = 19
 
     def __init__(self, ds, num_proc, map_func, buffer_size):
         super().__init__(Numbered(ds), num_proc, functools.partial(numbered_call, map_func),

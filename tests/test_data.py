@@ -1,4 +1,5 @@
 """The data side of evaluation: metadata, val layouts, decoding, preprocessing, the dataflow, the sample."""
+import itertools
 import os
 import shutil
 
@@ -6,10 +7,12 @@ import cv2
 import numpy as np
 import pytest
 from conftest import SAMPLE
+from tensorpack.dataflow import DataFromList
 
 from imagenet_utils import (DataError, decode_image, eval_augmentor, get_val_dataflow,
                             list_val_images, read_split_list, read_synsets)
 from sample_data import write_sample_dataset
+from workers import OrderedWatchedMapData, WatchedMapData
 
 
 def meta(root):
@@ -187,3 +190,16 @@ def test_metadata_errors(tmp_path, sample_copy):
     os.remove(os.path.join(meta(sample_copy), 'synsets.txt'))
     with pytest.raises(DataError, match='synsets.txt: No such file'):
         read_synsets(meta(sample_copy))
+
+
+def worker_niceness(_):
+    return os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def test_evaluation_decodes_at_the_lowest_cpu_priority_and_training_at_its_own():
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    examples = DataFromList([[index] for index in range(4)], shuffle=False)
+    for dataflow, expected in ((OrderedWatchedMapData(examples, 2, worker_niceness, buffer_size=4), 19),
+                               (WatchedMapData(examples, 2, worker_niceness, buffer_size=4), own)):
+        dataflow.reset_state()
+        assert set(itertools.islice(dataflow, 4)) == {expected}   # training's dataflow never ends
