@@ -198,7 +198,7 @@ def GhostModule(x, filters, kernel_size=1, dw_size=3, ratio=2, strides=1, bn=Tru
     if ratio > 1:
         cheap = DepthConv('dw1', x, dw_size, channel_multiplier=ratio - 1, kernel_name='DW', **layer_args)
         if int(cheap.shape[axis]) > filters - init_channels:
-            cheap = cheap[:, :filters - init_channels] if axis == 1 else cheap[..., :filters - init_channels]
+            cheap = channel_slices(cheap, [filters - init_channels], data_format)[0]
         x = tf.concat([x, cheap], axis)
     if use_bias:
         bias = tfv1.get_variable('b', [filters], initializer=tf.zeros_initializer())

@@ -42,8 +42,8 @@ def death_cause(exitcode):
 class WatchedMapData(MultiProcessMapDataZMQ):
     """MultiProcessMapDataZMQ whose workers die with this process and whose death is reported.
 
-    Each worker gets PR_SET_PDEATHSIG and the default SIGTERM and SIGSEGV actions (not the handlers
-    inherited from the parent by fork). When a worker has ended, iterating calls `on_worker_death(message)`
+    Each worker gets PR_SET_PDEATHSIG, the default SIGTERM and SIGSEGV actions (not the handlers
+    inherited from the parent by fork) and `niceness` added to its nice value. When a worker has ended, iterating calls `on_worker_death(message)`
     and raises DataFlowTerminated (which ends tensorpack's input thread quietly); without
     `on_worker_death` it raises WorkerDied.
     """
@@ -121,9 +121,10 @@ class OrderedWatchedMapData(WatchedMapData):
     of `ds` (evaluation: the same batches whatever the number of workers)."""
 
     kind = 'validation data worker'
-    # the lowest CPU priority: the model, which bounds evaluation on a CPU, takes the cores whenever it
-    # can use them, and decoding fills the gaps (--eval end to end about 1.05x faster on 2 cores)
-    niceness = 19
+    # a lower CPU priority than the model's process: the model, which bounds evaluation on a CPU, takes
+    # the cores whenever it can use them and decoding fills the gaps (--eval end to end about 1.05x on
+    # 2 cores; nice 19 did no better, and would leave decoding little against other busy processes)
+    niceness = 10
 
     def __init__(self, ds, num_proc, map_func, buffer_size):
         super().__init__(Numbered(ds), num_proc, functools.partial(numbered_call, map_func),

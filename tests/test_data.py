@@ -196,10 +196,12 @@ def worker_niceness(_):
     return os.getpriority(os.PRIO_PROCESS, 0)
 
 
-def test_evaluation_decodes_at_the_lowest_cpu_priority_and_training_at_its_own():
+def test_evaluation_decodes_at_a_lower_cpu_priority_and_training_at_its_own():
     own = os.getpriority(os.PRIO_PROCESS, 0)
+    if own >= 10:
+        pytest.skip('this process runs at nice {}: no lower priority to check'.format(own))
     examples = DataFromList([[index] for index in range(4)], shuffle=False)
-    for dataflow, expected in ((OrderedWatchedMapData(examples, 2, worker_niceness, buffer_size=4), 19),
+    for dataflow, expected in ((OrderedWatchedMapData(examples, 2, worker_niceness, buffer_size=4), own + 10),
                                (WatchedMapData(examples, 2, worker_niceness, buffer_size=4), own)):
         dataflow.reset_state()
         assert set(itertools.islice(dataflow, 4)) == {expected}   # training's dataflow never ends

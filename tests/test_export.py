@@ -176,11 +176,11 @@ def test_float_tflite_matches_tensorpack(small, small_export):
 
 
 def test_float_tflite_network_runs_in_one_xnnpack_partition(small_export):
-    """Only the uint8 cast and the top-5 rounds stay outside XNNPACK: an op it lacks inside the network
-    (SPLIT_V did, in the SE layers) would cut the network into partitions run one after another."""
+    """An op XNNPACK lacks inside the network (SPLIT_V did, in the SE layers) would cut it into
+    partitions run one after another."""
     interpreter = Interpreter(small_export[0][1], num_threads=2)
     interpreter.allocate_tensors()
-    op_names = [op['op_name'] for op in interpreter._get_ops_details()]   # delegate nodes come last
+    op_names = [op['op_name'] for op in interpreter._get_ops_details()]
     assert op_names.count('DELEGATE') == 1, op_names
 
 
