@@ -101,20 +101,20 @@ def parts_taken(x, kernel, depthwise, data_format, by_parts):
 def convolve_by_parts(x, parts, kernel, bias, strides, depthwise, relu, data_format):
     """conv + bias (+ ReLU) as inference runs it, on `parts_taken` when there are any: the concatenation is
     then never computed."""
-    nchw_format = tf_format(data_format)
+    tf_data_format = tf_format(data_format)
     activation = tf.nn.relu if relu else tf.identity
     if not parts:
         return activation(tf.nn.bias_add(convolve(x, kernel, strides, depthwise, data_format), bias,
-                                         data_format=nchw_format), name='output')
+                                         data_format=tf_data_format), name='output')
     sizes = part_sizes(parts, data_format)
     kernels = tf.split(kernel, sizes, 2)
     if depthwise:
         outputs = [activation(tf.nn.bias_add(convolve(part, part_kernel, strides, True, data_format), part_bias,
-                                             data_format=nchw_format))
+                                             data_format=tf_data_format))
                    for part, part_kernel, part_bias in zip(parts, kernels, tf.split(bias, sizes))]
         return tf.concat(outputs, channel_axis(data_format), name='output')
     convs = [convolve(part, part_kernel, strides, False, data_format) for part, part_kernel in zip(parts, kernels)]
-    x = tf.nn.bias_add(convs[0], bias, data_format=nchw_format)   # the bias where converters fuse it
+    x = tf.nn.bias_add(convs[0], bias, data_format=tf_data_format)   # the bias where converters fuse it
     for conv in convs[1:]:
         x = tf.add(x, conv)
     return activation(x, name='output')
@@ -135,7 +135,7 @@ def conv_bn_relu(x, kernel, strides, depthwise, bn, relu, use_bias, bn_name, dat
     """The layer body: conv, then BN or a bias, then ReLU. In inference, BN is folded into a depthwise
     kernel or into a kernel that takes parts, and is one op with any other conv."""
     channels = int(kernel.shape[2] * kernel.shape[3]) if depthwise else int(kernel.shape[3])
-    nchw_format = tf_format(data_format)
+    tf_data_format = tf_format(data_format)
     inference = fold_bn and not get_current_tower_context().is_training
     parts = parts_taken(x, kernel, depthwise, data_format, by_parts) if inference else []
     if bn and inference and not (depthwise or parts):
@@ -151,9 +151,9 @@ def conv_bn_relu(x, kernel, strides, depthwise, bn, relu, use_bias, bn_name, dat
             return convolve_by_parts(x, parts, kernel, bias, strides, depthwise, relu, data_format)
     x = convolve(x, kernel, strides, depthwise, data_format)
     if use_bias:
-        x = tf.nn.bias_add(x, bias, data_format=nchw_format)
+        x = tf.nn.bias_add(x, bias, data_format=tf_data_format)
     elif bn:
-        x = BatchNorm(bn_name, x, data_format='channels_first' if nchw_format == 'NCHW' else 'channels_last')
+        x = BatchNorm(bn_name, x, data_format='channels_first' if is_nchw(data_format) else 'channels_last')
     return tf.nn.relu(x, name='output') if relu else tf.identity(x, name='output')
 
 

@@ -43,9 +43,9 @@ class WatchedMapData(MultiProcessMapDataZMQ):
     """MultiProcessMapDataZMQ whose workers die with this process and whose death is reported.
 
     Each worker gets PR_SET_PDEATHSIG, the default SIGTERM and SIGSEGV actions (not the handlers
-    inherited from the parent by fork) and `niceness` added to its nice value. When a worker has ended, iterating calls `on_worker_death(message)`
-    and raises DataFlowTerminated (which ends tensorpack's input thread quietly); without
-    `on_worker_death` it raises WorkerDied.
+    inherited from the parent by fork) and `niceness` added to its nice value. When a worker has
+    ended, iterating calls `on_worker_death(message)` and raises DataFlowTerminated (which ends
+    tensorpack's input thread quietly); without `on_worker_death` it raises WorkerDied.
     """
 
     class _Worker(MultiProcessMapDataZMQ._Worker):
