@@ -17,7 +17,7 @@ from tensorpack.tfutils.summary import add_moving_summary
 from tensorpack.tfutils.tower import get_current_tower_context
 from tensorpack.utils.utils import get_tqdm
 
-from workers import OrderedWatchedMapData, WatchedMapData, WorkerDied
+from runtime.workers import OrderedWatchedMapData, WatchedMapData, WorkerDied
 
 tfv1 = tf.compat.v1
 

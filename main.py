@@ -25,25 +25,22 @@ from tensorpack.dataflow import FakeData
 from tensorpack.tfutils.sessinit import SaverRestore
 from tensorpack.utils import logger
 
-import export
-import flops
+from deploy import export
+from networks import flops
 from ghostnet import add_model_arguments, check_model_arguments
-import cifar
-from callbacks import (BadImageLog, ResumeAtGlobalStep, StopOnNonFiniteLoss, Validation, WarmupCosineSchedule,
+from data import cifar
+from runtime.callbacks import (BadImageLog, ResumeAtGlobalStep, StopOnNonFiniteLoss, Validation, WarmupCosineSchedule,
                        WarmupStepSchedule)
-from checkpoint import CheckedInit, CheckpointError, latest_intact_checkpoint, saved_checkpoints
-from preemption import SaveAndStop, StopRequest, signals_request_stop
-from workers import WatchIdleWorkers, watch_workers
+from weights.checkpoint import CheckedInit, CheckpointError, latest_intact_checkpoint, saved_checkpoints
+from runtime.preemption import SaveAndStop, StopRequest, signals_request_stop
+from runtime.workers import WatchIdleWorkers, watch_workers
 from imagenet_utils import (DataError, evaluate, get_train_dataflow, get_val_dataflow, list_train_images,
                             list_val_images, read_synsets)
 from networks import ARCHITECTURES, CIFAR10, DATASET_CLASSES, build_model
-from sample_data import write_sample_dataset
+from data.samples import DEMO_DEFAULTS, DEMO_DIR, write_sample_dataset
 
 
-DEMO_DIR = './demo_data'
 EVAL_BATCH = 256
-# --demo trains briefly on its small sample: defaults that flags given on the command line override
-DEMO_DEFAULTS = dict(image_size=64, batch=32, epochs=10, lr=0.4, warmup_epochs=1)
 # exit statuses: 0 done, 1 an error (one `error: ...` line), 2 bad flags (argparse),
 # STOPPED when a signal stopped training after saving a checkpoint (EX_TEMPFAIL: run it again)
 STOPPED = 75

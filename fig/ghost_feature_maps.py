@@ -24,12 +24,11 @@ from matplotlib.figure import Figure  # noqa: E402
 from tensorpack.tfutils.tower import TowerContext  # noqa: E402
 from tensorpack.utils import logger  # noqa: E402
 
-from export import checkpoint_num_classes  # noqa: E402
+from deploy.export import checkpoint_num_classes  # noqa: E402
 from ghostnet import GhostNet, add_model_arguments, check_model_arguments  # noqa: E402
-from checkpoint import CheckedInit, CheckpointError  # noqa: E402
+from weights.checkpoint import CheckedInit, CheckpointError  # noqa: E402
 from imagenet_utils import DataError, decode_image, eval_augmentor  # noqa: E402
-from main import DEMO_DEFAULTS, DEMO_DIR  # noqa: E402
-from sample_data import sample_image  # noqa: E402
+from data.samples import DEMO_DEFAULTS, DEMO_DIR, sample_image  # noqa: E402
 
 tfv1 = tf.compat.v1
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
-"""Figure: batch-1 latency against multiply-adds of GhostNet and MobileNetV3, from a bench.py JSON.
+"""Figure: batch-1 latency against multiply-adds of GhostNet and MobileNetV3, from a benchmarks/speed.py JSON.
 
-    python fig/latency_vs_madds.py --bench results/bench_results.json --out fig/latency_vs_madds.png
+    python fig/latency_vs_madds.py --bench benchmarks/results/bench_results.json --out fig/latency_vs_madds.png
 
 One panel per inference path of the report (tensorpack graph, SavedModel, TFLite float and int8 in
 LiteRT, ONNX Runtime); a marker at the median
@@ -13,7 +13,8 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 import compat  # noqa: E402,F401  (must come before TensorFlow)
 import tensorflow as tf  # noqa: E402
@@ -21,8 +22,8 @@ from matplotlib.colors import to_rgba  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from tensorpack.utils import logger  # noqa: E402
 
-import flops  # noqa: E402
-from bench import GHOSTNET_WIDTHS, KERAS_MODELS, NUM_CLASSES  # noqa: E402
+from networks import flops  # noqa: E402
+from benchmarks.subjects import GHOSTNET_WIDTHS, KERAS_MODELS, NUM_CLASSES  # noqa: E402
 from ghostnet import GhostNet  # noqa: E402
 
 
@@ -56,19 +57,19 @@ def keras_multiply_adds(constructor, image_size):
 
 
 def multiply_adds(name, image_size):
-    """Multiply-adds of a bench.py model name at `image_size`."""
+    """Multiply-adds of a benchmarks/speed.py model name at `image_size`."""
     if name in GHOSTNET_WIDTHS:
         return ghostnet_multiply_adds(GHOSTNET_WIDTHS[name], image_size)
     return keras_multiply_adds(KERAS_MODELS[name], image_size)
 
 
 def read_bench(path):
-    """A bench.py JSON report; exits with one `error:` line if it can not be read or has no results."""
+    """A benchmarks/speed.py JSON report; exits with one `error:` line if it can not be read or has no results."""
     try:
         with open(path) as f:
             report = json.load(f)
     except (OSError, ValueError) as e:
-        sys.exit('error: {}: not a readable bench.py JSON report ({})'.format(path, e))
+        sys.exit('error: {}: not a readable benchmarks/speed.py JSON report ({})'.format(path, e))
     if not set(report.get('results', {})) & set(POINT_LABELS):
         sys.exit('error: {}: no results for {}'.format(path, ', '.join(POINT_LABELS)))
     return report
@@ -136,7 +137,8 @@ def plot(report, madds_m, out):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--bench', default='results/bench_results.json', help='a bench.py JSON report')
+    parser.add_argument('--bench', default=os.path.join(ROOT, 'benchmarks', 'results', 'bench_results.json'),
+                        help='a benchmarks/speed.py JSON report')
     parser.add_argument('--out', default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                       'latency_vs_madds.png'))
     return parser.parse_args(argv)

@@ -15,8 +15,8 @@ import tensorflow as tf  # noqa: E402
 from tensorpack.tfutils.tower import TowerContext  # noqa: E402
 
 from ghostnet import GhostNet  # noqa: E402
-from checkpoint import checkpoint_variables  # noqa: E402
-from sample_data import write_sample_dataset  # noqa: E402
+from weights.checkpoint import checkpoint_variables  # noqa: E402
+from data.samples import write_sample_dataset  # noqa: E402
 
 tfv1 = tf.compat.v1
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import cifar
+from data import cifar
 import main
 from conftest import run_main_py
-from sample_data import write_cifar_sample
+from data.samples import write_cifar_sample
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES, TRAIN_PER_CLASS, TEST_PER_CLASS, PER_FILE = 10, 60, 20, 250   # files of 250, 250, 100 images

@@ -11,8 +11,8 @@ from tensorpack.dataflow import DataFromList
 
 from imagenet_utils import (DataError, decode_image, eval_augmentor, get_val_dataflow,
                             list_val_images, read_split_list, read_synsets)
-from sample_data import write_sample_dataset
-from workers import OrderedWatchedMapData, WatchedMapData
+from data.samples import write_sample_dataset
+from runtime.workers import OrderedWatchedMapData, WatchedMapData
 
 
 def meta(root):

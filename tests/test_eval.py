@@ -10,10 +10,10 @@ from ai_edge_litert.interpreter import Interpreter
 from conftest import (ROOT, SAMPLE, run_main_py, SMALL_IMAGE_SIZE, SMALL_WIDTH, build_inference_graph,
                       write_random_checkpoint)
 
-import export
+from deploy import export
 import main
 from ghostnet import GhostNet
-from checkpoint import CheckedInit, check_checkpoint, checkpoint_variables
+from weights.checkpoint import CheckedInit, check_checkpoint, checkpoint_variables
 from imagenet_utils import decode_image, eval_augmentor, evaluate, get_val_dataflow, list_val_images
 
 tfv1 = tf.compat.v1

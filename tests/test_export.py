@@ -17,10 +17,10 @@ from tensorpack.tfutils.argscope import argscope
 from tensorpack.tfutils.tower import TowerContext
 from conftest import run_main_py
 
-import export
+from deploy import export
 from ghostnet import HEAD_CHANNELS, GhostNet
 from myconv2d import ConvBN, DepthConv, SELayer
-from checkpoint import CheckpointError
+from weights.checkpoint import CheckpointError
 from imagenet_utils import DataError
 
 tfv1 = tf.compat.v1

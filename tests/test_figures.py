@@ -11,9 +11,9 @@ pytest.importorskip('matplotlib')
 import tensorflow as tf  # noqa: E402
 from tensorpack.tfutils.tower import TowerContext  # noqa: E402
 
-import bench  # noqa: E402
+from benchmarks import speed  # noqa: E402
 from ghostnet import GhostNet  # noqa: E402
-from checkpoint import CheckedInit, checkpoint_variables  # noqa: E402
+from weights.checkpoint import CheckedInit, checkpoint_variables  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'fig'))
 import ghost_feature_maps  # noqa: E402
@@ -134,4 +134,4 @@ def test_latency_figure_needs_a_readable_report(tmp_path):
 
 
 def test_latency_figure_has_a_panel_per_bench_path():
-    assert list(latency_vs_madds.PANELS) == list(bench.INFERENCE_PATHS)
+    assert list(latency_vs_madds.PANELS) == list(speed.INFERENCE_PATHS)

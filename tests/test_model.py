@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 from tensorpack.tfutils.tower import TowerContext
 
-import flops
+from networks import flops
 from ghostnet import BOTTLENECKS, GhostNet, parse_code, scaled_channels
 
 tfv1 = tf.compat.v1

@@ -5,14 +5,14 @@ import tensorflow as tf
 from tensorpack.tfutils.argscope import argscope
 from tensorpack.tfutils.tower import TowerContext
 
-import export
-import flops
+from deploy import export
+from networks import flops
 import main
-from checkpoint import checkpoint_variables
+from weights.checkpoint import checkpoint_variables
 from myconv2d import ConvBN, DepthConv, SELayer
 from networks import ARCHITECTURES, build_model
-from resnet import ResNet50
-from resnet_cifar import ResNet56
+from networks.resnet import ResNet50
+from networks.resnet_cifar import ResNet56
 
 tfv1 = tf.compat.v1
 

@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from conftest import write_random_checkpoint
 from processes import PATIENCE, children, finish, processes_naming, start, wait_for_line, wait_until_gone
-from sample_data import write_sample_dataset
+from data.samples import write_sample_dataset
 
 import main
 

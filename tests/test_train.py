@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import write_random_checkpoint
-from sample_data import write_sample_dataset
+from data.samples import write_sample_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ['--width_ratio', '0.25', '--image_size', '32', '--batch', '16', '--workers', '2']

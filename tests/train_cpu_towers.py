@@ -21,8 +21,8 @@ from tensorpack.tfutils import get_default_sess_config  # noqa: E402
 from tensorpack.tfutils.sesscreate import NewSessionCreator  # noqa: E402
 
 import main  # noqa: E402
-from callbacks import StopOnNonFiniteLoss  # noqa: E402
-from preemption import StopRequest  # noqa: E402
+from runtime.callbacks import StopOnNonFiniteLoss  # noqa: E402
+from runtime.preemption import StopRequest  # noqa: E402
 
 TOWERS = 2
 

@@ -17,7 +17,7 @@ pytest.importorskip('horovod')
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), 'tests'))
 from processes import MAIN_PY, finish, processes_naming, start, wait_for_line, wait_until_gone  # noqa: E402
-from sample_data import write_sample_dataset  # noqa: E402
+from data.samples import write_sample_dataset  # noqa: E402
 from test_horovod_train import horovodrun  # noqa: E402
 
 STEPS, EPOCHS = 20, 3

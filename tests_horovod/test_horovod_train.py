@@ -20,7 +20,7 @@ pytest.importorskip('horovod')
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-from sample_data import write_sample_dataset  # noqa: E402
+from data.samples import write_sample_dataset  # noqa: E402
 
 STEPS = 4
 # seconds; a rank waiting forever for the other fails the test instead of hanging it (killing

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Where the time goes in evaluation and training on this machine: the data pipeline or the model.
 
-    python bench_pipeline.py [--width_ratio 1.0] [--image_size 224] [--batch 32] [--out results/bench_pipeline]
+    python -m benchmarks.pipeline [--width_ratio 1.0] [--image_size 224] [--batch 32]
 
 Writes a sample of ImageNet-sized JPEGs (shorter side about 300-500 px) to a temporary folder and
 measures, in images per second:
@@ -26,14 +26,14 @@ import tensorflow as tf
 from tensorpack.predict import PredictConfig
 from tensorpack.tfutils.tower import TowerContext
 
-import export
-from bench import machine
+from deploy import export
+from benchmarks.harness import machine, result_path, write_report
 from ghostnet import GhostNet
-from callbacks import BadImageLog
+from runtime.callbacks import BadImageLog
 from imagenet_utils import batch_predictors, get_train_dataflow, get_val_dataflow, list_train_images, list_val_images
-from sample_data import write_sample_dataset
+from data.samples import write_sample_dataset
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE_CLASSES = 8
 tfv1 = tf.compat.v1
 UNIT_SECONDS = {'day': 86400, 'hour': 3600, 'minute': 60, 'second': 1}  # tensorpack: "1 minute 3 seconds"
@@ -167,7 +167,7 @@ def parse_args(argv=None):
     parser.add_argument('--workers', type=int, default=os.cpu_count() or 1)
     parser.add_argument('--images', type=int, default=1024, help='JPEGs written per split')
     parser.add_argument('--train_steps', type=int, default=8, help='timed training steps')
-    parser.add_argument('--out', default='results/bench_pipeline', help='writes OUT.md and OUT.json')
+    parser.add_argument('--out', default=result_path('bench_pipeline'), help='writes OUT.md and OUT.json')
     return parser.parse_args(argv)
 
 
@@ -177,10 +177,7 @@ def main(argv=None):
         results, queue = measure(args, workdir)
     report = dict(machine=machine(), width=args.width_ratio, image_size=args.image_size,
                   batch=args.batch, workers=args.workers, results=results, queue=queue)
-    with open(args.out + '.json', 'w') as f:
-        json.dump(report, f, indent=1)
-    with open(args.out + '.md', 'w') as f:
-        f.write(markdown(report))
+    write_report(report, args.out, markdown(report))
     print(markdown(report))
 
 

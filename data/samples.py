@@ -10,6 +10,9 @@ import cv2
 import numpy as np
 
 GOLDEN_RATIO_CONJUGATE = 0.6180339887
+DEMO_DIR = './demo_data'
+# --demo trains briefly on its small sample: defaults that flags given on the command line override
+DEMO_DEFAULTS = dict(image_size=64, batch=32, epochs=10, lr=0.4, warmup_epochs=1)
 
 
 def wnid(index):

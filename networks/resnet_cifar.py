@@ -5,7 +5,7 @@ import compat  # noqa: F401  (must come before TensorFlow)
 import tensorflow as tf
 
 from myconv2d import ConvBN, is_nchw
-from plugin import CifarNetwork
+from networks.plugin import CifarNetwork
 
 tfv1 = tf.compat.v1
 

@@ -2,7 +2,10 @@
 export.py exports the whole network, and all timed in turn on the same threads. A block's time is its
 cut's time less the previous cut's; beside it, the block's share of the multiply-adds.
 
-Writes OUT.md and OUT.json (default results/litert_profile); random weights, as in bench.py.
+    python -m benchmarks.litert_profile [--width_ratio 1.0]
+
+Writes OUT.md and OUT.json (default benchmarks/results/litert_profile); random weights, as in
+benchmarks/speed.py.
 """
 import argparse
 import collections
@@ -16,10 +19,11 @@ import tensorflow as tf
 from ai_edge_litert import schema_py_generated as schema
 from tensorpack.utils import logger
 
-import export
-import flops
-from bench import (NUM_CLASSES, add_timing_arguments, machine, parse_timing_args, random_images,
-                   time_interleaved, tflite_call, write_report)
+from deploy import export
+from networks import flops
+from benchmarks.harness import (add_timing_arguments, machine, parse_timing_args, random_images, result_path,
+                                time_interleaved, tflite_call, write_report)
+from benchmarks.subjects import NUM_CLASSES
 from ghostnet import BOTTLENECKS, GhostNet
 
 tfv1 = tf.compat.v1
@@ -160,7 +164,7 @@ def markdown(report):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--width', type=float, default=1.0, help='GhostNet width multiplier')
-    add_timing_arguments(parser, rounds=7, iters=10, batch_iters=2, out='results/litert_profile')
+    add_timing_arguments(parser, rounds=7, iters=10, batch_iters=2, out=result_path('litert_profile'))
     return parse_timing_args(parser, argv)
 
 

@@ -2,9 +2,9 @@
 import collections
 
 from ghostnet import GhostNet
-from resnet import ResNet50
-from resnet_cifar import ResNet56
-from vgg import VGG16
+from networks.resnet import ResNet50
+from networks.resnet_cifar import ResNet56
+from networks.vgg import VGG16
 
 IMAGENET, CIFAR10 = 'imagenet', 'cifar10'
 DATASET_CLASSES = {IMAGENET: 1000, CIFAR10: 10}   # for --flops and --fake

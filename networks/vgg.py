@@ -4,7 +4,7 @@ import tensorflow as tf
 from tensorpack.models import Dropout, MaxPooling
 
 from myconv2d import ConvBN
-from plugin import CifarNetwork
+from networks.plugin import CifarNetwork
 
 tfv1 = tf.compat.v1
 

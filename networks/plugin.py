@@ -5,7 +5,7 @@ import tensorflow as tf
 from tensorpack.models import MaxPooling
 from tensorpack.tfutils.argscope import argscope
 
-import cifar
+from data import cifar
 from imagenet_utils import ImageNetModel
 from myconv2d import ConvBN, DepthConv, GhostModule, channel_axis, spatial_axes
 

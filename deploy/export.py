@@ -15,7 +15,7 @@ from tensorpack.tfutils.argscope import argscope
 from tensorpack.tfutils.tower import TowerContext
 from tensorpack.utils import logger
 
-from checkpoint import CheckedInit, CheckpointError, checkpoint_shapes, resolve_checkpoint
+from weights.checkpoint import CheckedInit, CheckpointError, checkpoint_shapes, resolve_checkpoint
 from imagenet_utils import DataError, decode_image
 from myconv2d import ConvBN, DepthConv, SELayer
 

@@ -10,7 +10,7 @@ import tensorflow as tf
 from tensorpack.models import MaxPooling
 
 from myconv2d import ConvBN, GhostModule
-from plugin import PlugInNetwork
+from networks.plugin import PlugInNetwork
 
 tfv1 = tf.compat.v1
 

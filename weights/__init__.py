@@ -1,0 +1,1 @@
+"""Weights: TensorFlow checkpoints (finding, verifying, restoring)."""
