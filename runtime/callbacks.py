@@ -5,10 +5,11 @@ import compat  # noqa: F401  (must come before TensorFlow)
 import numpy as np
 import tensorflow as tf
 from tensorpack.callbacks import Callback, HyperParamSetter, InferenceRunner
-from tensorpack.dataflow.base import DataFlowTerminated
 from tensorpack.train import StopTraining
 from tensorpack.utils import logger
 from tensorpack.utils.utils import get_tqdm
+
+from runtime import tensorpack_internals as internals
 
 tfv1 = tf.compat.v1
 
@@ -117,22 +118,17 @@ class Validation(InferenceRunner):
         self.should_stop = should_stop
 
     def _trigger(self):
-        for inferencer in self.infs:
+        for inferencer in internals.inferencers(self):
             inferencer.before_epoch()
-        self._input_source.reset_state()
-        done = 0
-        with get_tqdm(total=self._size, desc='Validation', unit='batch') as bar:
-            while not self.should_stop():
-                try:
-                    self._hooked_sess.run(fetches=[])
-                except (StopIteration, DataFlowTerminated):
-                    break
+        batches, done, total = internals.inference_pass(self), 0, internals.batches_per_pass(self)
+        with get_tqdm(total=total, desc='Validation', unit='batch') as bar:
+            while not self.should_stop() and next(batches, False):
                 done += 1
                 bar.update()
         if self.should_stop():
-            logger.warn('Validation given up after {} of {} batches: training is stopping.'.format(done, self._size))
+            logger.warn('Validation given up after {} of {} batches: training is stopping.'.format(done, total))
             return
-        for inferencer in self.infs:
+        for inferencer in internals.inferencers(self):
             inferencer.trigger_epoch()
 
 

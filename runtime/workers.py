@@ -4,11 +4,12 @@ import functools
 import os
 import signal
 
-import zmq
 from tensorpack.callbacks import Callback
-from tensorpack.dataflow import MultiProcessMapDataZMQ, ProxyDataFlow
+from tensorpack.dataflow import ProxyDataFlow
 from tensorpack.dataflow.base import DataFlowTerminated
 from tensorpack.utils import logger
+
+from runtime.tensorpack_internals import HookedMapDataZMQ
 
 PR_SET_PDEATHSIG = 1        # from <linux/prctl.h>
 # the parent's SIGTERM handler (preemption) and TensorFlow's crash handler, which turns a segfault into SIGABRT
@@ -39,7 +40,7 @@ def death_cause(exitcode):
     return 'exited with status {}'.format(exitcode)
 
 
-class WatchedMapData(MultiProcessMapDataZMQ):
+class WatchedMapData(HookedMapDataZMQ):
     """MultiProcessMapDataZMQ whose workers die with this process and whose death is reported.
 
     Each worker gets PR_SET_PDEATHSIG, the default SIGTERM and SIGSEGV actions (not the handlers
@@ -48,40 +49,31 @@ class WatchedMapData(MultiProcessMapDataZMQ):
     tensorpack's input thread quietly); without `on_worker_death` it raises WorkerDied.
     """
 
-    class _Worker(MultiProcessMapDataZMQ._Worker):
-        def __init__(self, parent_pid, niceness, *args):
-            super().__init__(*args)
-            self.parent_pid = parent_pid
-            self.niceness = niceness
-
-        def run(self):
-            for signum in INHERITED_HANDLERS_RESET:
-                signal.signal(signum, signal.SIG_DFL)
-            die_with_parent(self.parent_pid)
-            os.nice(self.niceness)
-            super().run()
-
     on_worker_death = None
     kind = 'data worker'     # how messages name the workers
     niceness = 0             # added to the workers' nice value
+    parent_pid = None
 
     def reset_state(self):
+        self.parent_pid = os.getpid()
         super().reset_state()
-        logger.info('Started {} {}s: pids {}.'.format(len(self._procs), self.kind,
-                                                      ', '.join(str(proc.pid) for proc in self._procs)))
+        logger.info('Started {} {}s: pids {}.'.format(len(self.worker_processes), self.kind,
+                                                      ', '.join(str(proc.pid) for proc in self.worker_processes)))
 
-    def _create_worker(self, id, pipename, hwm):
-        return WatchedMapData._Worker(os.getpid(), self.niceness, id, self.map_func, pipename, hwm)
+    def prepare_worker(self):
+        for signum in INHERITED_HANDLERS_RESET:
+            signal.signal(signum, signal.SIG_DFL)
+        die_with_parent(self.parent_pid)
+        os.nice(self.niceness)
 
-    def _recv(self):
+    def before_receive(self):
         self._check_workers()
-        while not self.socket.poll(POLL_MS, zmq.POLLIN):
+        while not self.data_ready(POLL_MS):
             self._check_workers()
-        return super()._recv()
 
     def dead_worker(self):
         """'data worker 2 of 8 (pid N) was killed by SIGSEGV' when a worker has ended, else None."""
-        procs = getattr(self, '_procs', [])      # none before reset_state
+        procs = self.worker_processes
         for number, proc in enumerate(procs):
             if proc.exitcode is not None:
                 return '{} {} of {} (pid {}) {}'.format(self.kind, number + 1, len(procs), proc.pid,
@@ -89,7 +81,7 @@ class WatchedMapData(MultiProcessMapDataZMQ):
         return None
 
     def _check_workers(self):
-        if self.socket.closed:     # being cleaned up: tensorpack ends the workers
+        if self.receiving_closed:     # being cleaned up: tensorpack ends the workers
             raise DataFlowTerminated()
         message = self.dead_worker()
         if message:

@@ -7,8 +7,8 @@ import zipfile
 import compat  # noqa: F401  (must come before TensorFlow)
 import numpy as np
 import tensorflow as tf
-from tensorpack.tfutils.sessinit import SessionInit, SmartInit
-from tensorpack.tfutils.varmanip import load_checkpoint_vars
+from tensorpack.tfutils.sessinit import SessionInit
+from tensorpack.tfutils.varmanip import SessionUpdate, load_checkpoint_vars
 from tensorpack.utils import logger
 
 tfv1 = tf.compat.v1
@@ -161,17 +161,18 @@ class CheckedInit(SessionInit):
         if skipped:
             logger.info('Fine-tuning from {}: not restoring {}'.format(self.path, '; '.join(
                 '{} (checkpoint {}, model {})'.format(*m) for m in skipped)))
-        restored = {v.op.name for v in variables} - {name for name, _, _ in skipped}
-        self._init = SmartInit(self._values(restored))
-        self._init._setup_graph()
+        skipped_names = {name for name, _, _ in skipped}
+        self._restored = [v for v in variables if v.op.name not in skipped_names]
 
     def _values(self, names):
         """The checkpoint's {variable name: value} of `names`."""
         values = dict(np.load(self.path)) if self.path.endswith('.npz') else load_checkpoint_vars(self.path)
-        return {k: v for k, v in values.items() if re.sub(':0$', '', k) in names}
+        return {re.sub(':0$', '', k): v for k, v in values.items() if re.sub(':0$', '', k) in names}
 
     def _run_init(self, sess):
+        values = self._values({v.op.name for v in self._restored})
         try:
-            self._init._run_init(sess)
-        except tf.errors.OpError as e:
-            raise CheckpointError('{}: restoring failed: {}'.format(self.path, e.message)) from None
+            SessionUpdate(sess, self._restored).update({v.name: values[v.op.name] for v in self._restored})
+        except (ValueError, tf.errors.OpError) as e:
+            raise CheckpointError('{}: restoring failed: {}'.format(self.path, getattr(e, 'message', e))) from None
+        logger.info('Restored {} variables from {}.'.format(len(self._restored), self.path))

@@ -1,0 +1,102 @@
+"""Every use of tensorpack 0.11's private API, in one place, behind public names.
+
+The rest of the code uses tensorpack's public API and the documented extension points of its base
+classes (a Callback's `_setup_graph`, `_trigger_epoch`, ...; a SessionInit's `_setup_graph` and
+`_run_init`). What it needs beyond that is here, and `PRIVATE_NAMES` lists it: a tensorpack upgrade
+that renames or drops one of them fails tests/test_tensorpack_internals.py by that name, instead of
+breaking a data worker or a validation silently.
+"""
+import logging
+
+import zmq
+from tensorpack.callbacks import InferenceRunner
+from tensorpack.dataflow import MultiProcessMapDataZMQ
+from tensorpack.dataflow.base import DataFlowTerminated
+
+# (owner, name, how it is used): class attributes are looked up, instance attributes found in the
+# owner's source as `self.<name> =`
+PRIVATE_NAMES = (
+    (MultiProcessMapDataZMQ, '_Worker', 'class attribute: the worker process class, subclassed'),
+    (MultiProcessMapDataZMQ, '_create_worker', 'class attribute: overridden to start our worker class'),
+    (MultiProcessMapDataZMQ, '_recv', 'class attribute: overridden to watch the workers while waiting'),
+    (MultiProcessMapDataZMQ, '_procs', 'instance attribute: the worker processes'),
+    (MultiProcessMapDataZMQ, 'socket', 'instance attribute: the socket the mapped datapoints arrive on'),
+    (InferenceRunner, '_input_source', 'instance attribute: the input source, reset before a pass'),
+    (InferenceRunner, '_hooked_sess', 'instance attribute: the session that runs one batch'),
+    (InferenceRunner, '_size', 'instance attribute: the batches in one pass'),
+    (InferenceRunner, 'infs', 'instance attribute: the inferencers'),
+)
+# what tensorpack's worker logs when the optional python-prctl is missing: the workers here set their
+# death signal themselves (runtime/workers.py), so the warning does not concern the run
+PRCTL_WARNING = '"import prctl" failed'
+
+
+class DropPrctlWarning(logging.Filter):
+    """Drops tensorpack's python-prctl warning."""
+
+    def filter(self, record):
+        return PRCTL_WARNING not in record.getMessage()
+
+
+class HookedMapDataZMQ(MultiProcessMapDataZMQ):
+    """MultiProcessMapDataZMQ with public hooks: `prepare_worker()` runs in every worker process before
+    it maps anything, `before_receive()` before each wait for a mapped datapoint."""
+
+    class _Worker(MultiProcessMapDataZMQ._Worker):
+        def __init__(self, prepare, *args):
+            super().__init__(*args)
+            self.prepare = prepare
+
+        def run(self):
+            logging.getLogger('tensorpack').addFilter(DropPrctlWarning())
+            self.prepare()
+            super().run()
+
+    def prepare_worker(self):
+        """Runs in each worker process, before its first datapoint."""
+
+    def before_receive(self):
+        """Runs before each wait for a mapped datapoint."""
+
+    def _create_worker(self, id, pipename, hwm):
+        return HookedMapDataZMQ._Worker(self.prepare_worker, id, self.map_func, pipename, hwm)
+
+    def _recv(self):
+        self.before_receive()
+        return super()._recv()
+
+    @property
+    def worker_processes(self):
+        """The worker processes (none before `reset_state`)."""
+        return getattr(self, '_procs', [])
+
+    @property
+    def receiving_closed(self):
+        """Whether the dataflow is being cleaned up (tensorpack then ends the workers)."""
+        return self.socket.closed
+
+    def data_ready(self, timeout_ms):
+        """Whether a mapped datapoint arrives within `timeout_ms`."""
+        return bool(self.socket.poll(timeout_ms, zmq.POLLIN))
+
+
+def inference_pass(runner):
+    """One pass of an InferenceRunner's input through its hooked session, as a generator: each `next`
+    runs one batch and gives True; the generator ends with the input (however many batches that is)."""
+    runner._input_source.reset_state()
+    while True:
+        try:
+            runner._hooked_sess.run(fetches=[])
+        except (StopIteration, DataFlowTerminated):
+            return
+        yield True
+
+
+def inferencers(runner):
+    """The Inferencers of an InferenceRunner."""
+    return runner.infs
+
+
+def batches_per_pass(runner):
+    """The number of batches an InferenceRunner's input announces for a pass."""
+    return runner._size
