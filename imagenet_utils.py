@@ -313,7 +313,7 @@ def _keep_decoded(bad_images, datapoint):
     if datapoint[1] >= 0:
         return datapoint
     if bad_images is None:
-        raise DataError('{} (--skip-bad-images skips such images)'.format(datapoint[2]))
+        raise DataError('{} (--skip_bad_images skips such images)'.format(datapoint[2]))
     bad_images.append(datapoint[0])
     return None
 

@@ -15,7 +15,12 @@ import gc
 import os
 import sys
 
-import compat  # noqa: F401  (must come before TensorFlow)
+from runtime import console  # before TensorFlow: it may route TensorFlow's native messages
+
+if __name__ == '__main__' and not console.verbose_requested(sys.argv[1:]):
+    console.route_native_logs()
+
+import compat  # noqa: F401,E402  (must come before TensorFlow)
 import tensorflow as tf
 from tabulate import tabulate
 from tensorpack import (HorovodTrainer, QueueInput, SimpleTrainer, SyncMultiGPUTrainerReplicated,
@@ -29,6 +34,7 @@ from deploy import export
 from networks import flops
 from ghostnet import add_model_arguments, check_model_arguments
 from data import cifar
+from runtime.command_line import FlagParser
 from runtime.callbacks import (BadImageLog, ResumeAtGlobalStep, StopOnNonFiniteLoss, Validation, WarmupCosineSchedule,
                        WarmupStepSchedule)
 from weights.checkpoint import CheckedInit, CheckpointError, latest_intact_checkpoint, saved_checkpoints
@@ -60,7 +66,7 @@ class TrainingStopped(Exception):
 
 def get_parser():
     """The command line: the released CLI's flags, and those for training, prediction, export and the demo."""
-    parser = argparse.ArgumentParser(description=__doc__, epilog=architecture_list(),
+    parser = FlagParser(description=__doc__, epilog=architecture_list(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--arch', choices=list(ARCHITECTURES), default='ghostnet',
                         help='the network, one of those listed below (default %(default)s)')
@@ -94,7 +100,7 @@ def get_parser():
     parser.add_argument('--batch', type=int,
                         help='total batch size over all GPUs and machines (default: the --arch recipe\'s '
                              'for training, {} for evaluation)'.format(EVAL_BATCH))
-    parser.add_argument('--data-format', choices=['NHWC', 'NCHW'], default='NHWC',
+    parser.add_argument('--data_format', choices=['NHWC', 'NCHW'], default='NHWC',
                         help='layout inside the network (NCHW needs a GPU)')
     parser.add_argument('--image_size', type=int,
                         help='ImageNet: center crop size S (default 224); the shorter edge is first resized '
@@ -139,9 +145,12 @@ def get_parser():
     train.add_argument('--fake', action='store_true', help='random data, to measure throughput')
     train.add_argument('--horovod', action='store_true',
                        help='data-parallel over processes started by horovodrun (several machines)')
-    parser.add_argument('--skip-bad-images', action='store_true',
+    parser.add_argument('--skip_bad_images', action='store_true',
                         help='skip images that can not be decoded (reported at the end) instead of '
                              'stopping')
+    parser.add_argument('--verbose', action='store_true',
+                        help='every log line on the terminal, TensorFlow\'s own included (training '
+                             'writes them to LOGDIR/log.log either way)')
     return parser
 
 
@@ -234,7 +243,7 @@ def num_towers(args):
     if args.gpu and gpus < len(args.gpu.split(',')):
         raise UsageError('--gpu {}: only {} of these GPUs are visible'.format(args.gpu, gpus))
     if args.data_format == 'NCHW' and not gpus:
-        raise UsageError('--data-format NCHW needs a GPU; use NHWC on the CPU')
+        raise UsageError('--data_format NCHW needs a GPU; use NHWC on the CPU')
     return max(gpus, 1)
 
 
@@ -291,6 +300,9 @@ def set_logdir(args, is_chief):
     args.logdir = args.logdir or os.path.join('train_log', default_run_name(args))
     if is_chief:
         logger.set_logger_dir(args.logdir, action='b' if args.restart else 'k')
+        console.log_native_messages_to(os.path.join(args.logdir, 'log.log'))
+        print('Training {} in {} (every log line in {}).'.format(
+            args.arch, args.logdir, os.path.join(args.logdir, 'log.log')), file=sys.stderr)
 
 
 def default_run_name(args):
@@ -434,7 +446,7 @@ def summarize_training(trainer, logdir):
             stats.append('{} {:.4f}'.format(name, trainer.monitors.get_latest(name)))
         except KeyError:
             pass
-    logger.info('Training done at global step {}{}; checkpoints in {}'.format(
+    print('Training done at global step {}{}; checkpoints in {}'.format(
         trainer.loop.global_step, ''.join(', ' + s for s in stats), logdir))
 
 
@@ -456,7 +468,7 @@ def run_demo(args):
 
 def run_export_or_predict(args):
     """--export and/or --predict, with the number of classes the checkpoint has."""
-    num_towers(args)    # checks --gpu and --data-format
+    num_towers(args)    # checks --gpu and --data_format
     model = build_model(args, export.checkpoint_num_classes(ARCHITECTURES[args.arch].model, args.load))
     if args.export:
         export.export(model, args.load, args.export, args.tflite, args.quantize, args.representative, args.arch,
@@ -498,6 +510,7 @@ def main(argv=None):
     """Run the mode the flags select; bad input ends with one `error: ...` line and status 1, a
     stop by a signal with one line saying how to resume and status STOPPED."""
     args = parse_args(argv)
+    console.configure(args.verbose)
     if args.gpu:
         os.environ['CUDA_VISIBLE_DEVICES'] = args.gpu
     try:

@@ -99,13 +99,13 @@ def comma_list(choices):
 
 
 def add_timing_arguments(parser, rounds, iters, batch_iters, out):
-    """--rounds, --iters, --batch-iters, --batch, --image-size and --out, with these defaults."""
+    """--rounds, --iters, --batch_iters, --batch, --image_size and --out, with these defaults."""
     parser.add_argument('--rounds', type=int, default=rounds, help='rounds of interleaved timing')
     parser.add_argument('--iters', type=int, default=iters, help='timed batch-1 runs per call and round')
-    parser.add_argument('--batch-iters', type=int, default=batch_iters,
+    parser.add_argument('--batch_iters', type=int, default=batch_iters,
                         help='timed large-batch runs (inference and training) per call and round')
     parser.add_argument('--batch', type=int, default=32)
-    parser.add_argument('--image-size', type=int, default=224)
+    parser.add_argument('--image_size', type=int, default=224)
     parser.add_argument('--out', default=out, help='writes OUT.md and OUT.json')
 
 

@@ -7,7 +7,6 @@ cut's time less the previous cut's; beside it, the block's share of the multiply
 Writes OUT.md and OUT.json (default benchmarks/results/litert_profile); random weights, as in
 benchmarks/speed.py.
 """
-import argparse
 import collections
 import os
 import re
@@ -21,6 +20,7 @@ from tensorpack.utils import logger
 
 from deploy import export
 from networks import flops
+from runtime.command_line import FlagParser
 from benchmarks.harness import (add_timing_arguments, machine, parse_timing_args, random_images, result_path,
                                 time_interleaved, tflite_call, write_report)
 from benchmarks.subjects import NUM_CLASSES
@@ -162,7 +162,7 @@ def markdown(report):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = FlagParser(description=__doc__.split('\n')[0])
     parser.add_argument('--width', type=float, default=1.0, help='GhostNet width multiplier')
     add_timing_arguments(parser, rounds=7, iters=10, batch_iters=2, out=result_path('litert_profile'))
     return parse_timing_args(parser, argv)

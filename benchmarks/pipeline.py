@@ -27,6 +27,7 @@ from tensorpack.predict import PredictConfig
 from tensorpack.tfutils.tower import TowerContext
 
 from deploy import export
+from runtime.command_line import FlagParser
 from benchmarks.harness import machine, result_path, write_report
 from ghostnet import GhostNet
 from runtime.callbacks import BadImageLog
@@ -159,7 +160,7 @@ def markdown(report):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = FlagParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--width_ratio', type=float, default=1.0)
     parser.add_argument('--image_size', type=int, default=224)

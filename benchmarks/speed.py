@@ -8,7 +8,6 @@ serving signature, TFLite float and int8 in LiteRT, ONNX Runtime, and the traini
 throughput. All weights are random (int8 calibrates on random images).
 Writes OUT.md and OUT.json (default benchmarks/results/bench_results).
 """
-import argparse
 import collections
 import os
 import statistics
@@ -21,6 +20,7 @@ import onnxruntime
 import tensorflow as tf
 from tensorpack.utils import logger
 
+from runtime.command_line import FlagParser
 from benchmarks.harness import (WARMUP_CALLS, add_timing_arguments, comma_list, hold_every_kernel, machine,
                                 parse_timing_args, random_images, result_path, time_interleaved, timed,
                                 tflite_call, write_report)
@@ -211,7 +211,7 @@ def markdown(report):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = FlagParser(description=__doc__.split('\n')[0])
     parser.add_argument('--models', type=comma_list(MODELS), default=list(MODELS),
                         help='comma-separated, from ' + ','.join(MODELS))
     parser.add_argument('--paths', type=comma_list(PATHS), default=list(PATHS),

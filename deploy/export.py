@@ -15,6 +15,7 @@ from tensorpack.tfutils.argscope import argscope
 from tensorpack.tfutils.tower import TowerContext
 from tensorpack.utils import logger
 
+from data import imagenet_classes
 from weights.checkpoint import CheckedInit, CheckpointError, checkpoint_shapes, resolve_checkpoint
 from imagenet_utils import DataError, decode_image
 from myconv2d import ConvBN, DepthConv, SELayer
@@ -118,8 +119,8 @@ def file_size(path):
 
 
 def log_written(what, path):
-    """Log where `what` was written and its size."""
-    logger.info('Wrote {} to {} ({:.2f} MB)'.format(what, path, file_size(path) / 2 ** 20))
+    """Say where `what` was written and its size (a result: on stdout)."""
+    print('Wrote {} to {} ({:.2f} MB)'.format(what, path, file_size(path) / 2 ** 20))
 
 
 def export_saved_model(model, checkpoint, directory, fold_bn=True):
@@ -218,7 +219,8 @@ def make_out_dir(out_dir):
 # ---------------------------------------------------------------- prediction
 
 def class_names(meta_dir, num_classes):
-    """Per class: its `synset_words.txt` line, else its `synsets.txt` wnid, else its index."""
+    """Per class: its `synset_words.txt` line, else its `synsets.txt` wnid; without those, ImageNet-1k's
+    names for 1,000 classes, else the index."""
     for filename in ('synset_words.txt', 'synsets.txt'):
         path = os.path.join(meta_dir or '', filename)
         if meta_dir and os.path.isfile(path):
@@ -229,6 +231,8 @@ def class_names(meta_dir, num_classes):
             logger.warn('{} has {} classes, the model {}; showing indices'.format(
                 path, len(names), num_classes))
             break
+    if num_classes == imagenet_classes.NUM_CLASSES:
+        return imagenet_classes.synset_words()
     return [str(index) for index in range(num_classes)]
 
 

@@ -10,7 +10,6 @@ CheckedInit. The intrinsic maps are the primary conv's output (after its batch n
 `_up_pointwise` modules, ReLU); the ghost maps are the depthwise op's (channel multiplier
 ratio - 1), so ghost map j comes from intrinsic map j // (ratio - 1).
 """
-import argparse
 import collections
 import os
 import sys
@@ -24,6 +23,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from tensorpack.tfutils.tower import TowerContext  # noqa: E402
 from tensorpack.utils import logger  # noqa: E402
 
+from runtime.command_line import FlagParser  # noqa: E402
 from deploy.export import checkpoint_num_classes  # noqa: E402
 from ghostnet import GhostNet, add_model_arguments, check_model_arguments  # noqa: E402
 from weights.checkpoint import CheckedInit, CheckpointError  # noqa: E402
@@ -148,7 +148,7 @@ def build_model(args):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = FlagParser(description=__doc__.split('\n')[0])
     parser.add_argument('--load', help='a checkpoint prefix, training log directory or .npz '
                                        '(default: the demo model, {})'.format(DEMO_LOGDIR))
     parser.add_argument('--image', help='an image file (default: a generated demo-like sample)')

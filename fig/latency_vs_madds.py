@@ -8,7 +8,6 @@ LiteRT, ONNX Runtime); a marker at the median
 latency, a bar down to the best. Multiply-adds are counted by flops.py at the benchmark's input
 size: GhostNet on its tensorpack graph, MobileNetV3 on the tf.keras model traced at batch 1.
 """
-import argparse
 import json
 import os
 import sys
@@ -22,6 +21,7 @@ from matplotlib.colors import to_rgba  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from tensorpack.utils import logger  # noqa: E402
 
+from runtime.command_line import FlagParser  # noqa: E402
 from networks import flops  # noqa: E402
 from benchmarks.subjects import GHOSTNET_WIDTHS, KERAS_MODELS, NUM_CLASSES  # noqa: E402
 from ghostnet import GhostNet  # noqa: E402
@@ -136,7 +136,7 @@ def plot(report, madds_m, out):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = FlagParser(description=__doc__.split('\n')[0])
     parser.add_argument('--bench', default=os.path.join(ROOT, 'benchmarks', 'results', 'bench_results.json'),
                         help='a benchmarks/speed.py JSON report')
     parser.add_argument('--out', default=os.path.join(os.path.dirname(os.path.abspath(__file__)),

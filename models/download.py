@@ -119,7 +119,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--dest", default=os.path.dirname(os.path.abspath(__file__)),
                    help="destination folder (default: the folder of this script)")
-    p.add_argument("--base-url", default=BASE_URL,
+    p.add_argument("--base_url", "--base-url", default=BASE_URL,
                    help="URL of the folder holding the files (default: %(default)s)")
     p.add_argument("--timeout", type=float, default=60,
                    help="network timeout in seconds (default: %(default)s)")

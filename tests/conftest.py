@@ -26,10 +26,11 @@ SMALL_IMAGE_SIZE = 32
 SAMPLE = dict(num_classes=4, train_per_class=1, val_per_class=3, image_size=48, metadata_classes=1000)
 
 
-def run_main_py(*flags, timeout=300):
-    """main.py with `flags` in a subprocess from the repo root: its CompletedProcess (text output)."""
-    return subprocess.run([sys.executable, os.path.join(ROOT, 'main.py'), *flags], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+def run_main_py(*flags, timeout=300, verbose=True):
+    """main.py with `flags` in a subprocess from the repo root: its CompletedProcess (text output).
+    `verbose` (--verbose) puts every log line on stderr, as the tests that read them need."""
+    return subprocess.run([sys.executable, os.path.join(ROOT, 'main.py'), *flags, *['--verbose'][:verbose]],
+                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
 def build_inference_graph(num_classes=1000, width=SMALL_WIDTH, image_size=SMALL_IMAGE_SIZE):

@@ -11,9 +11,10 @@ PATIENCE = 300      # seconds: a guard against a hung test, not a measurement
 
 
 def start(log_path, *flags, command=(sys.executable, MAIN_PY)):
-    """`command` (main.py) with `flags`, its output going to `log_path`: the Popen."""
+    """`command` (main.py) with `flags` and --verbose (every log line), its output going to `log_path`:
+    the Popen."""
     with open(log_path, 'w') as log:
-        return subprocess.Popen([*command, *flags], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+        return subprocess.Popen([*command, *flags, '--verbose'], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                 env=dict(os.environ, PYTHONUNBUFFERED='1'))
 
 

@@ -3,8 +3,6 @@ import os
 import pickle
 import re
 import shutil
-import subprocess
-import sys
 
 import cv2
 import numpy as np
@@ -16,7 +14,6 @@ import main
 from conftest import run_main_py
 from data.samples import write_cifar_sample
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES, TRAIN_PER_CLASS, TEST_PER_CLASS, PER_FILE = 10, 60, 20, 250   # files of 250, 250, 100 images
 TRAIN = ['--arch', 'ghost-resnet56', '--batch', '16', '--lr', '0.8', '--warmup_epochs', '0.5', '--lr_decay_at', '3/4',
          '--val_every', '4', '--epochs', '4']
@@ -32,10 +29,9 @@ def data_dir(tmp_path_factory):
 def trained(data_dir, tmp_path_factory):
     """A Ghost-ResNet-56 trained briefly on the sample: its log directory."""
     logdir = str(tmp_path_factory.mktemp('log'))
-    run = subprocess.run([sys.executable, os.path.join(ROOT, 'main.py'), '--data_dir', data_dir, '--logdir', logdir,
-                          *TRAIN], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    run = run_main_py('--data_dir', data_dir, '--logdir', logdir, *TRAIN, timeout=600)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
-    assert '--lr_schedule=step' in run.stdout and '--ratio=2' in run.stdout     # the recipe is logged
+    assert '--lr_schedule=step' in run.stderr and '--ratio=2' in run.stderr     # the recipe is logged
     return logdir
 
 
@@ -94,11 +90,10 @@ def test_predict_names_the_classes_from_batches_meta(data_dir, trained, tmp_path
 
 def test_fine_tuning_to_another_class_count_skips_only_the_classifier(trained, tmp_path):
     five = write_cifar_sample(str(tmp_path / 'five'), 5, 8, 4, 40)
-    run = subprocess.run([sys.executable, os.path.join(ROOT, 'main.py'), '--data_dir', five, '--logdir',
-                          str(tmp_path / 'log'), '--load', trained, *TRAIN[:-4], '--epochs', '1',
-                          '--steps_per_epoch', '2'], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    run = run_main_py('--data_dir', five, '--logdir', str(tmp_path / 'log'), '--load', trained, *TRAIN[:-4],
+                      '--epochs', '1', '--steps_per_epoch', '2')
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
-    skipped = re.search('not restoring (.*)', run.stdout).group(1)
+    skipped = re.search('not restoring (.*)', run.stderr).group(1)
     assert skipped.count('ResNet56/Logits/fc/') == 2 and 'checkpoint [1, 1, 64, 10], model [1, 1, 64, 5]' in skipped
 
 

@@ -142,7 +142,7 @@ def test_dataflow_stops_at_an_undecodable_image(sample_copy):
     examples = list_val_images(sample_copy, meta(sample_copy))
     with open(examples[4][0], 'wb') as f:
         f.write(b'garbage')
-    with pytest.raises(DataError, match=os.path.basename(examples[4][0]) + '.*--skip-bad-images'):
+    with pytest.raises(DataError, match=os.path.basename(examples[4][0]) + '.*--skip_bad_images'):
         collect(get_val_dataflow(examples, 5, 32, workers=2))
 
 

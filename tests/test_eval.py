@@ -170,7 +170,7 @@ def test_undecodable_image_stops_naming_it(capfd, tmp_path, sample_dirs):
         f.write(b'\xff\xd8 not really a JPEG')
     message = main_error(capfd, '--eval', '--data_dir', data_dir, *SMALL)
     assert message == ('error: {}: can not be decoded as an image '
-                       '(--skip-bad-images skips such images)'.format(bad))
+                       '(--skip_bad_images skips such images)'.format(bad))
 
 
 def test_skip_bad_images_reports_them(capfd, tmp_path, sample_dirs):

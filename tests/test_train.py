@@ -4,17 +4,14 @@ import math
 import os
 import re
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import write_random_checkpoint
+from conftest import run_main_py, write_random_checkpoint
 from data.samples import write_sample_dataset
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ['--width_ratio', '0.25', '--image_size', '32', '--batch', '16', '--workers', '2']
 STEPS_PER_EPOCH = 8     # 4 classes x 32 images / batch 16
 
@@ -30,9 +27,8 @@ ONE_EPOCH = ['--lr', '0.4', '--warmup_epochs', '0.5', *SMALL]
 
 def train(*flags, timeout=300):
     """`main.py` with `flags`; (exit status, stdout + stderr)."""
-    run = subprocess.run([sys.executable, os.path.join(ROOT, 'main.py'), *flags], cwd=ROOT,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
-    return run.returncode, run.stdout
+    run = run_main_py(*flags, timeout=timeout)
+    return run.returncode, run.stdout + run.stderr
 
 
 @pytest.fixture(scope='module')
