@@ -6,8 +6,6 @@ classes (a Callback's `_setup_graph`, `_trigger_epoch`, ...; a SessionInit's `_s
 that renames or drops one of them fails tests/test_tensorpack_internals.py by that name, instead of
 breaking a data worker or a validation silently.
 """
-import logging
-
 import zmq
 from tensorpack.callbacks import InferenceRunner
 from tensorpack.dataflow import MultiProcessMapDataZMQ
@@ -26,18 +24,6 @@ PRIVATE_NAMES = (
     (InferenceRunner, '_size', 'instance attribute: the batches in one pass'),
     (InferenceRunner, 'infs', 'instance attribute: the inferencers'),
 )
-# what tensorpack's worker logs when the optional python-prctl is missing: the workers here set their
-# death signal themselves (runtime/workers.py), so the warning does not concern the run
-PRCTL_WARNING = '"import prctl" failed'
-
-
-class DropPrctlWarning(logging.Filter):
-    """Drops tensorpack's python-prctl warning."""
-
-    def filter(self, record):
-        return PRCTL_WARNING not in record.getMessage()
-
-
 class HookedMapDataZMQ(MultiProcessMapDataZMQ):
     """MultiProcessMapDataZMQ with public hooks: `prepare_worker()` runs in every worker process before
     it maps anything, `before_receive()` before each wait for a mapped datapoint."""
@@ -48,7 +34,6 @@ class HookedMapDataZMQ(MultiProcessMapDataZMQ):
             self.prepare = prepare
 
         def run(self):
-            logging.getLogger('tensorpack').addFilter(DropPrctlWarning())
             self.prepare()
             super().run()
 

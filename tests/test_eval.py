@@ -205,8 +205,9 @@ def test_flops_table_and_totals(capfd):
 def demo(tmp_path_factory):
     """`main.py --demo` on a small model: (its data directory, exit status, stdout, stderr)."""
     data_dir = str(tmp_path_factory.mktemp('demo') / 'demo')
-    return (data_dir,) + run_cli('--demo', '--data_dir', data_dir, '--width_ratio', str(SMALL_WIDTH),
-                                 '--image_size', str(SMALL_IMAGE_SIZE), '--workers', '2')
+    run = run_main_py('--demo', '--data_dir', data_dir, '--width_ratio', str(SMALL_WIDTH),
+                      '--image_size', str(SMALL_IMAGE_SIZE), '--workers', '2', verbose=False)
+    return data_dir, run.returncode, run.stdout, run.stderr
 
 
 def test_demo_writes_a_sample_trains_and_evaluates(demo):
@@ -214,10 +215,20 @@ def test_demo_writes_a_sample_trains_and_evaluates(demo):
     assert status == 0, err
     top1, _ = reported_errors(out, 100)
     assert top1 < 0.7                       # 10 classes: chance is 0.9; 0.18-0.63 seen
-    assert 'Training done at global step 60' in out + err      # the demo's 10 epochs of 6 steps
+    assert 'Training done at global step 60' in out      # the demo's 10 epochs of 6 steps
     assert tf.train.latest_checkpoint(os.path.join(data_dir, 'train_log')).endswith('model-60')
     assert os.path.isfile(os.path.join(data_dir, 'caffe_ilsvrc12', 'synsets.txt'))
     assert len(os.listdir(os.path.join(data_dir, 'val'))) == 100
+
+
+def test_the_demo_is_quiet_results_on_stdout_progress_on_stderr(demo):
+    _, status, out, err = demo
+    assert status == 0, err
+    assert [line.split(' ')[0] for line in out.splitlines()] == ['Training', 'Evaluated', 'Top1', 'Top5']
+    lines = re.split('[\r\n]', err)
+    assert max(len(line) for line in lines) <= 300
+    assert not [line for line in lines if re.match(r'[IWEF]\d{4} |WARNING: All log|\[\d{4} [\d:]+ @\S+\] (?!WRN|ERR)', line)]
+    assert 'Validation: 100%' in err       # the progress bars
 
 
 def test_int8_export_of_the_demo_model_agrees_with_float(demo, tmp_path):

@@ -1,7 +1,9 @@
 """The plug-in networks: the paper's counts, the folded inference graph, checkpoints and export, --arch."""
 import numpy as np
+import onnxruntime
 import pytest
 import tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter
 from tensorpack.tfutils.argscope import argscope
 from tensorpack.tfutils.tower import TowerContext
 
@@ -153,7 +155,7 @@ def test_inference_by_parts_matches_the_concatenations_and_batch_norm(arch):
 
 
 @pytest.mark.parametrize('arch', NEW_ARCHS)
-def test_folded_inference_matches_the_training_graph_and_round_trips_through_export(arch, tmp_path):
+def test_folded_inference_matches_the_training_graph_and_every_exported_format(arch, tmp_path):
     model = small_model(arch)
     images = random_images(model)
     graph, image, logits, values = randomized_graph(model, fold_bn=False)
@@ -171,10 +173,18 @@ def test_folded_inference_matches_the_training_graph_and_round_trips_through_exp
     assert stored.keys() == values.keys() and all(name.startswith(model.scope + '/') for name in stored)
     assert export.checkpoint_num_classes(ARCHITECTURES[arch].model, checkpoint) == 7
     directory = export.export_saved_model(model, checkpoint, str(tmp_path / 'saved_model'))
-    served = tf.saved_model.load(directory).signatures['serving_default'](
-        images=tf.constant(images[..., ::-1].astype(np.uint8)))
+    rgb = images[..., ::-1].astype(np.uint8)
+    served = tf.saved_model.load(directory).signatures['serving_default'](images=tf.constant(rgb))
     np.testing.assert_allclose(served['logits'].numpy(), unfolded, **tolerance)
     np.testing.assert_array_equal(served['top5'].numpy()[:, 0], unfolded.argmax(1))
+    tflite = export.export_tflite(directory, str(tmp_path / 'model.tflite'))
+    onnx = export.save_onnx(export.frozen_serving_graph(model, checkpoint), str(tmp_path / 'model.onnx'))
+    for name, served_logits in (('TFLite', Interpreter(tflite).get_signature_runner()(images=rgb)['logits']),
+                                ('ONNX', onnxruntime.InferenceSession(onnx).run(['logits'], {'images': rgb})[0])):
+        # XNNPACK and ONNX Runtime sum in other orders: within 1e-3 of the largest logit, as for GhostNet
+        np.testing.assert_allclose(served_logits, unfolded, rtol=1e-3, atol=1e-3 * np.abs(unfolded).max(),
+                                   err_msg=name)
+        np.testing.assert_array_equal(served_logits.argmax(1), unfolded.argmax(1), err_msg=name)
 
 
 def test_ghost_networks_share_the_baselines_code_and_scope():
