@@ -16,7 +16,7 @@ from tensorpack.tfutils.tower import get_current_tower_context
 
 tfv1 = tf.compat.v1
 
-BN_EPSILON = 1e-5     # tensorpack BatchNorm's default, used by every batch norm here
+BN_EPSILON = 1e-5     # every batch norm's, in training and folded: the released model's (tensorpack's default)
 
 
 def kernel_initializer():
@@ -153,7 +153,8 @@ def conv_bn_relu(x, kernel, strides, depthwise, bn, relu, use_bias, bn_name, dat
     if use_bias:
         x = tf.nn.bias_add(x, bias, data_format=tf_data_format)
     elif bn:
-        x = BatchNorm(bn_name, x, data_format='channels_first' if is_nchw(data_format) else 'channels_last')
+        x = BatchNorm(bn_name, x, epsilon=BN_EPSILON,
+                      data_format='channels_first' if is_nchw(data_format) else 'channels_last')
     return tf.nn.relu(x, name='output') if relu else tf.identity(x, name='output')
 
 
