@@ -69,9 +69,14 @@ def channel_parts(x, data_format):
     op = x.op
     while op.type == 'Identity':
         op = op.inputs[0].op
-    if op.type != 'ConcatV2' or tf.get_static_value(op.inputs[-1]) not in (channel_axis(data_format), -1):
+    if op.type != 'ConcatV2' or not is_channel_axis(tf.get_static_value(op.inputs[-1]), x.shape.rank, data_format):
         return [x]
     return list(op.inputs[:-1])
+
+
+def is_channel_axis(axis, rank, data_format):
+    """Whether `axis` (negative counting from the end, as tf.concat takes it) is the channel axis."""
+    return axis is not None and rank is not None and axis % rank == channel_axis(data_format)
 
 
 def part_sizes(parts, data_format):

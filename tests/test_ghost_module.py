@@ -9,7 +9,7 @@ from tensorpack.tfutils.tower import TowerContext
 
 import myconv2d
 from ghostnet import BOTTLENECKS, GhostNet
-from myconv2d import ConvBN, DepthConv, GhostModule, SELayer
+from myconv2d import ConvBN, DepthConv, GhostModule, SELayer, channel_parts
 
 tfv1 = tf.compat.v1
 EPSILON = 1e-5
@@ -236,3 +236,13 @@ def test_folded_and_unfolded_batch_norm_take_the_same_epsilon(monkeypatch):
     with argscope([ConvBN, DepthConv, SELayer], fold_bn=False):     # tensorpack's BatchNorm
         unfolded, _ = run_layer(layers, inputs, variances=(1e-4, 1e-3))
     np.testing.assert_allclose(folded, unfolded, rtol=1e-4, atol=1e-4 * np.abs(unfolded).max())
+
+
+@pytest.mark.parametrize('data_format, axis, is_channel_concat', [
+    ('NHWC', -1, True), ('NHWC', 3, True), ('NHWC', 2, False),
+    ('NCHW', 1, True), ('NCHW', -3, True), ('NCHW', -1, False), ('NCHW', 3, False)])
+def test_channel_parts_only_of_a_concatenation_along_the_channels(data_format, axis, is_channel_concat):
+    with tf.Graph().as_default():
+        parts = [tfv1.placeholder(tf.float32, [1, 4, 4, 4]) for _ in range(2)]
+        x = tf.identity(tf.concat(parts, axis))
+        assert channel_parts(x, data_format) == (parts if is_channel_concat else [x])
