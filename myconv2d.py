@@ -139,6 +139,9 @@ def batch_normalized(conv, relu, channels, bn_name, data_format):
 def conv_bn_relu(x, kernel, strides, depthwise, bn, relu, use_bias, bn_name, data_format, fold_bn, by_parts):
     """The layer body: conv, then BN or a bias, then ReLU. In inference, BN is folded into a depthwise
     kernel or into a kernel that takes parts, and is one op with any other conv."""
+    if bn and use_bias:
+        raise ValueError('{}: bn=True and use_bias=True together: batch norm has its own offset (beta); '
+                         'pass one of them'.format(tfv1.get_variable_scope().name))
     channels = int(kernel.shape[2] * kernel.shape[3]) if depthwise else int(kernel.shape[3])
     tf_data_format = tf_format(data_format)
     inference = fold_bn and not get_current_tower_context().is_training

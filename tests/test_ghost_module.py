@@ -246,3 +246,12 @@ def test_channel_parts_only_of_a_concatenation_along_the_channels(data_format, a
         parts = [tfv1.placeholder(tf.float32, [1, 4, 4, 4]) for _ in range(2)]
         x = tf.identity(tf.concat(parts, axis))
         assert channel_parts(x, data_format) == (parts if is_channel_concat else [x])
+
+
+@pytest.mark.parametrize('layer', [ConvBN, DepthConv])
+@pytest.mark.parametrize('is_training', [True, False])
+def test_batch_norm_with_a_bias_is_refused(layer, is_training):
+    with tf.Graph().as_default(), TowerContext('', is_training=is_training):
+        x = tfv1.placeholder(tf.float32, [1, 4, 4, 3])
+        with pytest.raises(ValueError, match=r'^c: bn=True and use_bias=True together'):
+            layer('c', x, 3, bn=True, use_bias=True)
