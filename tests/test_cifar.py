@@ -5,6 +5,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tracemalloc
 
 import cv2
 import numpy as np
@@ -15,6 +16,7 @@ from data import cifar
 import main
 from conftest import run_main_py
 from data.samples import write_cifar_sample
+from imagenet_utils import DataError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES, TRAIN_PER_CLASS, TEST_PER_CLASS, PER_FILE = 10, 60, 20, 250   # files of 250, 250, 100 images
@@ -151,6 +153,21 @@ def test_bad_batch_file_is_named(broken, capfd, damage, expected):
         write_batch(path, {**batch, b'data': batch[b'data'][:, :1024]})
     message = error_of(capfd, '--arch', 'resnet56', '--eval', '--data_dir', broken)
     assert expected in message and broken in message
+
+
+def test_labels_of_shared_references_are_refused_before_any_array_is_built(tmp_path):
+    path = str(tmp_path / 'data_batch_1')
+    row = [0] * 2000
+    write_batch(path, {b'data': np.zeros((1, 3072), np.uint8), b'labels': [row] * 2000})   # 4M labels in 20 kB
+    assert os.path.getsize(path) < 30000
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match='data_batch_1: `labels` must be a list of integers, got list'):
+            cifar.read_batch(path, CLASSES)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 ** 20     # building the 2000 x 2000 array would take 32 MB
 
 
 def test_bad_input_exits_with_status_1_and_one_error_line(tmp_path):
