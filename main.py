@@ -361,6 +361,14 @@ def resume_init(logdir):
     return SaverRestore(path)
 
 
+def last_intact_checkpoint(logdir):
+    """The newest checkpoint in --logdir that reads back intact, or None."""
+    try:
+        return latest_intact_checkpoint(logdir)
+    except CheckpointError:
+        return None
+
+
 def get_config(args, towers, workers, is_chief, stop_on_nan, stop_request):
     """The TrainConfig of the paper's recipe; it resumes from the latest checkpoint in --logdir."""
     if args.batch % (towers * workers):
@@ -406,7 +414,7 @@ def run_train(args, extra_callbacks=()):
     if stop_request.reason:
         raise_stopped(stop_request, trainer.loop.global_step, is_chief)
     if stop_on_nan.bad_step is not None:
-        last_good = tf.train.latest_checkpoint(args.logdir)
+        last_good = last_intact_checkpoint(args.logdir)
         raise TrainingDiverged('the loss became NaN or infinite at global step {}; training stopped. {}'.format(
             stop_on_nan.bad_step, 'The last good checkpoint is {}'.format(last_good) if last_good
             else 'No checkpoint was written before it (try a lower --lr)'))
