@@ -339,7 +339,7 @@ def validation_callbacks(val_df, every_k_epochs, stop_request):
     stop), and a copy of the best checkpoint."""
     errors = [ClassificationError('wrong-top1', 'val-error-top1'),
               ClassificationError('wrong-top5', 'val-error-top5')]
-    validation = Validation(val_df, errors, lambda: bool(stop_request.reason))
+    validation = Validation(val_df, errors, stop_request.requested)
     return [PeriodicTrigger(validation, every_k_epochs=every_k_epochs), MinSaver('val-error-top1')]
 
 
@@ -411,7 +411,7 @@ def run_train(args, extra_callbacks=()):
     config.callbacks.extend(extra_callbacks)
     with signals_request_stop(stop_request):
         launch_train_with_config(config, trainer)
-    if stop_request.reason:
+    if stop_request.requested():
         raise_stopped(stop_request, trainer.loop.global_step, is_chief)
     if stop_on_nan.bad_step is not None:
         last_good = last_intact_checkpoint(args.logdir)

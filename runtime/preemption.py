@@ -13,12 +13,17 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class StopRequest:
-    """Why training should stop: a signal's name or a data worker's failure; the first reason holds."""
+    """Why training should stop: a signal's name or a data worker's failure; the first reason holds.
+
+    The signal handler only records; `report()`, called from the training loop, logs what it recorded.
+    """
 
     def __init__(self):
         self.signal_name = None
         self.failure = None
         self.saved = None     # the checkpoint saved on stopping
+        self._received = []   # (signal name, whether it requested the stop), appended by the handler
+        self._reported = 0
 
     @property
     def reason(self):
@@ -31,20 +36,39 @@ class StopRequest:
             self.failure = message
 
     def on_signal(self, signum, frame):
+        """Records the signal and nothing more: no logging, no I/O, as the signal may have interrupted a
+        write (the progress bar's) that a write here would re-enter. A signal after the stop request is
+        ignored, and the stop signals then take their default action: another one ends the process."""
+        name = signal.Signals(signum).name
+        self._received.append((name, not self.reason))
         if self.reason:
-            logger.warn('{} received while stopping: ignored (the checkpoint is saved or being saved)'.format(
-                signal.Signals(signum).name))
-            return
-        self.signal_name = signal.Signals(signum).name
-        logger.warn('{} received: saving a checkpoint at the step reached, then stopping'.format(
-            self.signal_name))
+            for stop_signal in STOP_SIGNALS:
+                signal.signal(stop_signal, signal.SIG_DFL)
+        else:
+            self.signal_name = name
+
+    def report(self):
+        """Logs the signals received since the last report."""
+        while self._reported < len(self._received):
+            name, requested = self._received[self._reported]
+            self._reported += 1
+            if requested:
+                logger.warn('{} received: saving a checkpoint at the step reached, then stopping'.format(name))
+            else:
+                logger.warn('{} received while stopping: ignored (the checkpoint is saved or being saved); '
+                            'another SIGTERM or SIGINT ends the process at once'.format(name))
+
+    def requested(self):
+        """Whether training should stop, after reporting the signals received."""
+        self.report()
+        return bool(self.reason)
 
 
 @contextlib.contextmanager
 def signals_request_stop(stop_request):
     """Within the block, SIGTERM and SIGINT set `stop_request` instead of ending the process. Once a stop
     was requested they keep doing so after it: the process is then ending, and a second signal would cut
-    short its cleanup and its exit status."""
+    short its cleanup and its exit status (a third ends it: see `StopRequest.on_signal`)."""
     previous = {signum: signal.signal(signum, stop_request.on_signal) for signum in STOP_SIGNALS}
     try:
         yield
@@ -87,14 +111,15 @@ class SaveAndStop(Callback):
             self._any_rank_requested = run_values.results > 0
 
     def _trigger_step(self):
-        if self._any_rank_requested or (not self.horovod and self.stop_request.reason):
+        requested = self.stop_request.requested()
+        if self._any_rank_requested or (requested and not self.horovod):
             if not self.stop_request.reason:
                 self.stop_request.signal_name = "another rank's stop request"
             self._save()
             raise StopTraining(self.stop_request.reason)
 
     def _after_train(self):
-        if self.stop_request.reason and not self._saved:
+        if self.stop_request.requested() and not self._saved:
             self._save()
 
     def _save(self):

@@ -2,6 +2,8 @@
 
 Signals go only to processes this test started (main.py, and the data workers it forked), by pid.
 """
+import contextlib
+import logging
 import math
 import os
 import re
@@ -18,6 +20,7 @@ import tensorflow as tf
 from conftest import write_random_checkpoint
 from processes import PATIENCE, children, finish, processes_naming, start, wait_for_line, wait_until_gone
 from data.samples import write_sample_dataset
+from runtime.preemption import STOP_SIGNALS, StopRequest, signals_request_stop
 
 import main
 
@@ -263,3 +266,66 @@ def test_evaluation_worker_killed_by_sigsegv_is_one_error_line(long_val_dir, tmp
     assert re.search(error.format(worker), output, re.M), output[-5000:]
     assert 'Traceback' not in output and 'Top1 Error' not in output
     assert wait_until_gone(long_val_dir) == []
+
+
+@contextlib.contextmanager
+def tensorpack_log():
+    """The messages tensorpack's logger logs within the block, as a list that grows."""
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    tensorpack_logger = logging.getLogger('tensorpack')
+    tensorpack_logger.addHandler(handler)
+    try:
+        yield messages
+    finally:
+        tensorpack_logger.removeHandler(handler)
+
+
+@pytest.fixture
+def stop_signal_handlers_kept():
+    """SIGTERM's and SIGINT's handlers as they were before the test, restored after it."""
+    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    yield
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
+
+
+def test_signal_handler_only_records_and_the_loop_logs(stop_signal_handlers_kept):
+    request = StopRequest()
+    with tensorpack_log() as messages, signals_request_stop(request):
+        signal.raise_signal(signal.SIGTERM)     # its handler has run when this returns
+        assert request.reason == 'stopped by SIGTERM' and messages == []
+        assert request.requested()              # as the training loop asks
+        assert messages == ['SIGTERM received: saving a checkpoint at the step reached, then stopping']
+        signal.raise_signal(signal.SIGINT)
+        assert len(messages) == 1 and request.reason == 'stopped by SIGTERM'
+        assert request.requested() and request.requested()
+    assert messages[1:] == ['SIGINT received while stopping: ignored (the checkpoint is saved or being saved); '
+                            'another SIGTERM or SIGINT ends the process at once']
+    assert [signal.getsignal(signum) for signum in STOP_SIGNALS] == [signal.SIG_DFL] * 2
+
+
+def test_a_third_stop_signal_ends_the_process():
+    child = os.fork()
+    if child == 0:     # the child only raises signals, then leaves at once, whatever happens
+        try:
+            with signals_request_stop(StopRequest()):
+                for signum in (signal.SIGTERM, signal.SIGTERM, signal.SIGINT):
+                    signal.raise_signal(signum)
+        finally:
+            os._exit(0)
+    status = wait_status(child)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGINT, status
+
+
+def wait_status(child, patience=60):
+    """The wait status of a forked `child` once it ends; it is killed after `patience` seconds."""
+    deadline = time.monotonic() + patience
+    while time.monotonic() < deadline:
+        pid, status = os.waitpid(child, os.WNOHANG)
+        if pid:
+            return status
+        time.sleep(0.05)
+    os.kill(child, signal.SIGKILL)
+    return os.waitpid(child, 0)[1]
