@@ -17,6 +17,8 @@ class StopRequest:
 
     The signal handler only records; `report()`, called from the training loop, logs what it recorded.
     """
+    ANOTHER_RANK_SIGNALLED = "another rank's stop request"
+    ANOTHER_RANK_FAILED = 'a data worker of another rank failed (that rank\'s log names it)'
 
     def __init__(self):
         self.signal_name = None
@@ -63,6 +65,20 @@ class StopRequest:
         self.report()
         return bool(self.reason)
 
+    def rank_counts(self):
+        """[1 if a signal stopped this rank, 1 if its data worker failed]: summed over the ranks, whether
+        any rank stops and why."""
+        return [float(bool(self.signal_name)), float(bool(self.failure))]
+
+    def follow_ranks(self, counts):
+        """Takes the reason of the ranks' summed `rank_counts()` when this rank has none; whether to stop."""
+        signalled, failed = counts
+        if failed and not self.reason:
+            self.failure = self.ANOTHER_RANK_FAILED
+        elif signalled and not self.reason:
+            self.signal_name = self.ANOTHER_RANK_SIGNALLED
+        return bool(signalled or failed)
+
 
 @contextlib.contextmanager
 def signals_request_stop(stop_request):
@@ -81,8 +97,9 @@ def signals_request_stop(stop_request):
 class SaveAndStop(Callback):
     """After the first step that follows a stop request, saves a checkpoint (the chief) and stops.
 
-    Under Horovod the ranks sum their requests at every step, so every rank stops after the same
-    step, whichever rank got the signal. When the input ended first (its workers died), the
+    Under Horovod the ranks sum their `StopRequest.rank_counts()` at every step, so every rank stops
+    after the same step, whichever rank got the signal or lost a data worker, and knows which of the
+    two it was. When the input ended first (its workers died), the
     checkpoint is saved after training. The stop request's `saved` is then the checkpoint's path.
     """
     _chief_only = False
@@ -92,29 +109,29 @@ class SaveAndStop(Callback):
         self.stop_request = stop_request
         self.model_saver = model_saver
         self.horovod = horovod
-        self._any_rank_requested = False
+        self._ranks_counts = [0., 0.]
 
     def _setup_graph(self):
         if self.horovod:
             hvd = self.trainer.hvd
-            self._requested = tfv1.placeholder(tf.float32, [], name='stop_requested')
+            self._requested = tfv1.placeholder(tf.float32, [2], name='stop_requested')
             self._requests = hvd.allreduce(self._requested, op=hvd.Sum)
 
     def _before_run(self, ctx):
         if self.horovod:
             return tfv1.train.SessionRunArgs(fetches=self._requests, feed_dict={
-                self._requested: float(bool(self.stop_request.reason))})
+                self._requested: self.stop_request.rank_counts()})
         return None
 
     def _after_run(self, ctx, run_values):
         if self.horovod:
-            self._any_rank_requested = run_values.results > 0
+            self._ranks_counts = run_values.results
 
     def _trigger_step(self):
         requested = self.stop_request.requested()
-        if self._any_rank_requested or (requested and not self.horovod):
-            if not self.stop_request.reason:
-                self.stop_request.signal_name = "another rank's stop request"
+        if self.horovod:
+            requested = self.stop_request.follow_ranks(self._ranks_counts)
+        if requested:
             self._save()
             raise StopTraining(self.stop_request.reason)
 

@@ -20,6 +20,7 @@ import tensorflow as tf
 from conftest import write_random_checkpoint
 from processes import PATIENCE, children, finish, processes_naming, start, wait_for_line, wait_until_gone
 from data.samples import write_sample_dataset
+from imagenet_utils import DataError
 from runtime.preemption import STOP_SIGNALS, StopRequest, signals_request_stop
 
 import main
@@ -329,3 +330,45 @@ def wait_status(child, patience=60):
         time.sleep(0.05)
     os.kill(child, signal.SIGKILL)
     return os.waitpid(child, 0)[1]
+
+
+def stopping_ranks(*reasons):
+    """StopRequests of a rank without a reason and ranks with `reasons` ('signal' or 'failure'), after the
+    SaveAndStop all-reduce (a sum of their rank counts) told them all."""
+    ranks = [StopRequest() for _ in range(len(reasons) + 1)]
+    for rank, reason in zip(ranks[1:], reasons):
+        if reason == 'signal':
+            rank.on_signal(signal.SIGTERM, None)
+        else:
+            rank.fail('data worker 1 of 2 (pid 7) was killed by SIGKILL')
+    summed = np.sum([rank.rank_counts() for rank in ranks], axis=0)
+    assert all(rank.follow_ranks(summed) for rank in ranks)
+    return ranks
+
+
+@pytest.mark.parametrize('reasons', [['failure'], ['signal', 'failure'], ['failure', 'signal']])
+def test_a_dead_data_worker_on_another_rank_is_reported_as_one(reasons):
+    ranks = stopping_ranks(*reasons)
+    ranks[0].saved = 'log/model-12'
+    with pytest.raises(DataError) as stop:
+        main.raise_stopped(ranks[0], 12, is_chief=True)
+    assert str(stop.value) == ("a data worker of another rank failed (that rank's log names it); training stopped "
+                               "at global step 12: saved log/model-12; run the same command again to resume from it")
+    failed = ranks[1 + reasons.index('failure')]
+    with pytest.raises(DataError, match=r'^data worker 1 of 2 \(pid 7\) was killed by SIGKILL; training stopped at '
+                                        r'global step 12: rank 0 saved the checkpoint$'):
+        main.raise_stopped(failed, 12, is_chief=False)
+
+
+def test_a_signal_to_another_rank_is_reported_as_its_stop_request():
+    ranks = stopping_ranks('signal')
+    with pytest.raises(main.TrainingStopped, match="^Training stopped by another rank's stop request at global "
+                                                   "step 5: rank 0 saved the checkpoint$"):
+        main.raise_stopped(ranks[0], 5, is_chief=False)
+
+
+def test_ranks_without_a_reason_go_on():
+    ranks = [StopRequest(), StopRequest()]
+    summed = np.sum([rank.rank_counts() for rank in ranks], axis=0)
+    assert not any(rank.follow_ranks(summed) for rank in ranks)
+    assert not any(rank.reason for rank in ranks)
