@@ -22,7 +22,6 @@ from tensorpack import (HorovodTrainer, QueueInput, SimpleTrainer, SyncMultiGPUT
                         TrainConfig, launch_train_with_config)
 from tensorpack.callbacks import ClassificationError, EstimatedTimeLeft, MinSaver, ModelSaver, PeriodicTrigger
 from tensorpack.dataflow import FakeData
-from tensorpack.tfutils.sessinit import SaverRestore
 from tensorpack.utils import logger
 
 from deploy import export
@@ -33,6 +32,7 @@ from runtime.callbacks import (BadImageLog, ResumeAtGlobalStep, StopOnNonFiniteL
                        WarmupStepSchedule)
 from weights.checkpoint import CheckedInit, CheckpointError, latest_intact_checkpoint, saved_checkpoints
 from runtime.preemption import SaveAndStop, StopRequest, signals_request_stop
+from weights.resume import ResumeInit
 from runtime.workers import WatchIdleWorkers, watch_workers
 from imagenet_utils import (DataError, evaluate, get_train_dataflow, get_val_dataflow, list_train_images,
                             list_val_images, read_synsets)
@@ -352,13 +352,14 @@ def learning_rate_schedule(args, steps_per_epoch):
     return WarmupStepSchedule(base_lr, warmup_steps, [round(f * total_steps) for f in args.lr_decay_fractions])
 
 
-def resume_init(logdir):
-    """Restores everything from the newest intact checkpoint in --logdir, or None without one."""
+def resume_init(logdir, model):
+    """Restores everything from the newest intact checkpoint in --logdir (if it fits `model`), or None
+    without one."""
     if not saved_checkpoints(logdir):
         return None
     path = latest_intact_checkpoint(logdir)
     logger.info('Will load checkpoint at {}.'.format(path))
-    return SaverRestore(path)
+    return ResumeInit(path, logdir, model)
 
 
 def last_intact_checkpoint(logdir):
@@ -392,7 +393,7 @@ def get_config(args, towers, workers, is_chief, stop_on_nan, stop_request):
     config = dict(model=model, data=QueueInput(train_df), callbacks=callbacks,
                   steps_per_epoch=steps_per_epoch, max_epoch=args.epochs)
     # Horovod broadcasts rank 0's values to the other ranks; a checkpoint in --logdir wins over --load
-    session_init = resume_init(args.logdir) if is_chief else None
+    session_init = resume_init(args.logdir, model) if is_chief else None
     if session_init is None and args.load and is_chief:
         session_init = CheckedInit(args.load, fine_tune_scope=model.classifier_scope)
     return TrainConfig(session_init=session_init, **config)

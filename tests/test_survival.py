@@ -17,11 +17,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import write_random_checkpoint
+from conftest import build_inference_graph, write_random_checkpoint
 from processes import PATIENCE, children, finish, processes_naming, start, wait_for_line, wait_until_gone
 from data.samples import write_sample_dataset
 from imagenet_utils import DataError
 from runtime.preemption import STOP_SIGNALS, StopRequest, signals_request_stop
+from weights.checkpoint import CheckpointError
+from weights.resume import ResumeInit
 
 import main
 
@@ -152,6 +154,52 @@ def test_index_that_is_not_a_checkpoint_is_named(capfd, data_dir, tmp_path):
         f.write(b'not a checkpoint index')
     message = main_error(capfd, '--eval', '--data_dir', data_dir, '--load', prefix, *SMALL)
     assert message.startswith('error: {}.index is not a checkpoint index'.format(prefix)), message
+
+
+RESUME_HINT = 'resume with the flags it was trained with, or start afresh with --restart or another --logdir'
+
+
+@pytest.fixture(scope='module')
+def small_run(tmp_path_factory):
+    """(log directory, checkpoint prefix) holding a random checkpoint of the small model, NUM_CLASSES classes."""
+    logdir = str(tmp_path_factory.mktemp('small_run'))
+    return logdir, write_random_checkpoint(os.path.join(logdir, 'model-3'), num_classes=NUM_CLASSES)
+
+
+@pytest.mark.parametrize('model_args, checkpoint_has, built', [
+    (dict(width=0.5), '--width_ratio 0.25', '--width_ratio 0.5'),
+    (dict(se=False), '--se 1', '--se 0'),
+    (dict(dw_code=[3] * 15 + [5]), '--dw_code_str ' + ','.join(['3'] * 16), '--dw_code_str ' + '3,' * 15 + '5'),
+    (dict(ratio_code=[1] + [2] * 15), '--ratio_code_str ' + ','.join(['2'] * 16),
+     '--ratio_code_str 1' + ',2' * 15),
+])
+def test_resuming_with_other_flags_names_the_flag_and_the_checkpoints_value(small_run, model_args, checkpoint_has,
+                                                                            built):
+    logdir, prefix = small_run
+    with tf.Graph().as_default():
+        model = build_inference_graph(NUM_CLASSES, **model_args)
+        with pytest.raises(CheckpointError) as error:
+            ResumeInit(prefix, logdir, model)._setup_graph()
+    assert str(error.value) == '{} holds a checkpoint of {} ({}), but these flags build {}: {}'.format(
+        logdir, checkpoint_has, prefix, built, RESUME_HINT)
+
+
+def test_resuming_with_data_of_other_classes_names_both_counts(small_run):
+    logdir, prefix = small_run
+    with tf.Graph().as_default():
+        model = build_inference_graph(NUM_CLASSES + 1)
+        with pytest.raises(CheckpointError) as error:
+            ResumeInit(prefix, logdir, model)._setup_graph()
+    assert str(error.value) == '{} holds a checkpoint of 4 classes ({}), but the data has 5: {}'.format(
+        logdir, prefix, RESUME_HINT)
+
+
+def test_resuming_with_another_width_is_one_error_line(capfd, data_dir, small_run):
+    logdir, prefix = small_run
+    flags = [*SMALL[2:], '--width_ratio', '0.5', '--data_dir', data_dir, '--logdir', logdir, '--epochs', '1']
+    message = main_error(capfd, *flags)
+    assert message == 'error: {} holds a checkpoint of --width_ratio 0.25 ({}), but these flags build ' \
+                      '--width_ratio 0.5: {}'.format(logdir, prefix, RESUME_HINT)
 
 
 def test_corrupt_latest_checkpoint_falls_back_to_the_newest_intact_one(data_dir, tmp_path):
