@@ -99,8 +99,8 @@ class SaveAndStop(Callback):
 
     Under Horovod the ranks sum their `StopRequest.rank_counts()` at every step, so every rank stops
     after the same step, whichever rank got the signal or lost a data worker, and knows which of the
-    two it was. When the input ended first (its workers died), the
-    checkpoint is saved after training. The stop request's `saved` is then the checkpoint's path.
+    two it was. When the input ended first (its workers died), the checkpoint is saved after
+    training. The stop request's `saved` is then the checkpoint's path.
     """
     _chief_only = False
     _saved = False
@@ -128,8 +128,8 @@ class SaveAndStop(Callback):
             self._ranks_counts = run_values.results
 
     def _trigger_step(self):
-        requested = self.stop_request.requested()
-        if self.horovod:
+        requested = self.stop_request.requested()     # this rank's, its signals logged
+        if self.horovod:    # the ranks' summed requests, so that all stop after the same step
             requested = self.stop_request.follow_ranks(self._ranks_counts)
         if requested:
             self._save()

@@ -23,7 +23,7 @@ from data.samples import write_sample_dataset
 from imagenet_utils import DataError
 from runtime.preemption import STOP_SIGNALS, StopRequest, signals_request_stop
 from weights.checkpoint import CheckpointError
-from weights.resume import ResumeInit
+from weights.resume import RESUME_HINT, ResumeInit
 
 import main
 
@@ -156,9 +156,6 @@ def test_index_that_is_not_a_checkpoint_is_named(capfd, data_dir, tmp_path):
     assert message.startswith('error: {}.index is not a checkpoint index'.format(prefix)), message
 
 
-RESUME_HINT = 'resume with the flags it was trained with, or start afresh with --restart or another --logdir'
-
-
 @pytest.fixture(scope='module')
 def small_run(tmp_path_factory):
     """(log directory, checkpoint prefix) holding a random checkpoint of the small model, NUM_CLASSES classes."""
@@ -166,8 +163,7 @@ def small_run(tmp_path_factory):
     return logdir, write_random_checkpoint(os.path.join(logdir, 'model-3'), num_classes=NUM_CLASSES)
 
 
-@pytest.mark.parametrize('model_args, checkpoint_has, built', [
-    (dict(width=0.5), '--width_ratio 0.25', '--width_ratio 0.5'),
+@pytest.mark.parametrize('model_args, checkpoint_has, built', [    # --width_ratio: main end to end below
     (dict(se=False), '--se 1', '--se 0'),
     (dict(dw_code=[3] * 15 + [5]), '--dw_code_str ' + ','.join(['3'] * 16), '--dw_code_str ' + '3,' * 15 + '5'),
     (dict(ratio_code=[1] + [2] * 15), '--ratio_code_str ' + ','.join(['2'] * 16),
