@@ -117,6 +117,21 @@ class GhostNet(ImageNetModel):
         self.image_shape = image_shape
         self.end_points = {}
 
+    def checkpoint_flags(self, shapes):
+        """{flag: value} of the flags that shape GhostNet, as a checkpoint's {variable name: shape} shows
+        them ({} for a checkpoint of another network). A bottleneck without a cheap operation has ratio 1
+        and no kernel size (-)."""
+        names = {name[len(self.scope) + 1:]: shape for name, shape in shapes.items()
+                 if name.startswith(self.scope + '/')}
+        if 'Conv2d_17/W' not in names:
+            return {}
+        cheap_ops = [names.get('Conv2d_{}_up_pointwise/dw1/DW'.format(index))
+                     for index in range(1, len(BOTTLENECKS) + 1)]
+        return {'--width_ratio': round(names['Conv2d_17/W'][3] / LAST_CHANNELS, 2),
+                '--se': int(any('_se/' in name for name in names)),
+                '--ratio_code_str': ','.join(str(op[3] + 1) if op else '1' for op in cheap_ops),
+                '--dw_code_str': ','.join(str(op[0]) if op else '-' for op in cheap_ops)}
+
     def bottleneck(self, index, spec, in_channels, hidden, out, x):
         """Ghost bottleneck `Conv2d_<index>`: up Ghost module, [stride-2 depthwise], [SE], down Ghost module."""
         name = 'Conv2d_{}'.format(index)

@@ -27,7 +27,6 @@ from tensorpack import (HorovodTrainer, QueueInput, SimpleTrainer, SyncMultiGPUT
                         TrainConfig, launch_train_with_config)
 from tensorpack.callbacks import ClassificationError, EstimatedTimeLeft, MinSaver, ModelSaver, PeriodicTrigger
 from tensorpack.dataflow import FakeData
-from tensorpack.tfutils.sessinit import SaverRestore
 from tensorpack.utils import logger
 
 from deploy import export
@@ -39,6 +38,7 @@ from runtime.callbacks import (BadImageLog, ResumeAtGlobalStep, StopOnNonFiniteL
                        WarmupStepSchedule)
 from weights.checkpoint import CheckedInit, CheckpointError, latest_intact_checkpoint, saved_checkpoints
 from runtime.preemption import SaveAndStop, StopRequest, signals_request_stop
+from weights.resume import ResumeInit
 from runtime.workers import WatchIdleWorkers, watch_workers
 from imagenet_utils import (DataError, evaluate, get_train_dataflow, get_val_dataflow, list_train_images,
                             list_val_images, read_synsets)
@@ -351,7 +351,7 @@ def validation_callbacks(val_df, every_k_epochs, stop_request):
     stop), and a copy of the best checkpoint."""
     errors = [ClassificationError('wrong-top1', 'val-error-top1'),
               ClassificationError('wrong-top5', 'val-error-top5')]
-    validation = Validation(val_df, errors, lambda: bool(stop_request.reason))
+    validation = Validation(val_df, errors, stop_request.requested)
     return [PeriodicTrigger(validation, every_k_epochs=every_k_epochs), MinSaver('val-error-top1')]
 
 
@@ -364,13 +364,22 @@ def learning_rate_schedule(args, steps_per_epoch):
     return WarmupStepSchedule(base_lr, warmup_steps, [round(f * total_steps) for f in args.lr_decay_fractions])
 
 
-def resume_init(logdir):
-    """Restores everything from the newest intact checkpoint in --logdir, or None without one."""
+def resume_init(logdir, model):
+    """Restores everything from the newest intact checkpoint in --logdir (if it fits `model`), or None
+    without one."""
     if not saved_checkpoints(logdir):
         return None
     path = latest_intact_checkpoint(logdir)
     logger.info('Will load checkpoint at {}.'.format(path))
-    return SaverRestore(path)
+    return ResumeInit(path, logdir, model)
+
+
+def last_intact_checkpoint(logdir):
+    """The newest checkpoint in --logdir that reads back intact, or None."""
+    try:
+        return latest_intact_checkpoint(logdir)
+    except CheckpointError:
+        return None
 
 
 def get_config(args, towers, workers, is_chief, stop_on_nan, stop_request):
@@ -396,7 +405,7 @@ def get_config(args, towers, workers, is_chief, stop_on_nan, stop_request):
     config = dict(model=model, data=QueueInput(train_df), callbacks=callbacks,
                   steps_per_epoch=steps_per_epoch, max_epoch=args.epochs)
     # Horovod broadcasts rank 0's values to the other ranks; a checkpoint in --logdir wins over --load
-    session_init = resume_init(args.logdir) if is_chief else None
+    session_init = resume_init(args.logdir, model) if is_chief else None
     if session_init is None and args.load and is_chief:
         session_init = CheckedInit(args.load, fine_tune_scope=model.classifier_scope)
     return TrainConfig(session_init=session_init, **config)
@@ -415,10 +424,10 @@ def run_train(args, extra_callbacks=()):
     config.callbacks.extend(extra_callbacks)
     with signals_request_stop(stop_request):
         launch_train_with_config(config, trainer)
-    if stop_request.reason:
+    if stop_request.requested():
         raise_stopped(stop_request, trainer.loop.global_step, is_chief)
     if stop_on_nan.bad_step is not None:
-        last_good = tf.train.latest_checkpoint(args.logdir)
+        last_good = last_intact_checkpoint(args.logdir)
         raise TrainingDiverged('the loss became NaN or infinite at global step {}; training stopped. {}'.format(
             stop_on_nan.bad_step, 'The last good checkpoint is {}'.format(last_good) if last_good
             else 'No checkpoint was written before it (try a lower --lr)'))

@@ -16,7 +16,7 @@ from tensorpack.tfutils.tower import get_current_tower_context
 
 tfv1 = tf.compat.v1
 
-BN_EPSILON = 1e-5     # tensorpack BatchNorm's default, used by every batch norm here
+BN_EPSILON = 1e-5     # every batch norm's, in training and folded: the released model's (tensorpack's default)
 
 
 def kernel_initializer():
@@ -69,9 +69,14 @@ def channel_parts(x, data_format):
     op = x.op
     while op.type == 'Identity':
         op = op.inputs[0].op
-    if op.type != 'ConcatV2' or tf.get_static_value(op.inputs[-1]) not in (channel_axis(data_format), -1):
+    if op.type != 'ConcatV2' or not is_channel_axis(tf.get_static_value(op.inputs[-1]), x.shape.rank, data_format):
         return [x]
     return list(op.inputs[:-1])
+
+
+def is_channel_axis(axis, rank, data_format):
+    """Whether `axis` (negative counting from the end, as tf.concat takes it) is the channel axis."""
+    return axis is not None and rank is not None and axis % rank == channel_axis(data_format)
 
 
 def part_sizes(parts, data_format):
@@ -134,6 +139,9 @@ def batch_normalized(conv, relu, channels, bn_name, data_format):
 def conv_bn_relu(x, kernel, strides, depthwise, bn, relu, use_bias, bn_name, data_format, fold_bn, by_parts):
     """The layer body: conv, then BN or a bias, then ReLU. In inference, BN is folded into a depthwise
     kernel or into a kernel that takes parts, and is one op with any other conv."""
+    if bn and use_bias:
+        raise ValueError('{}: bn=True and use_bias=True together: batch norm has its own offset (beta); '
+                         'pass one of them'.format(tfv1.get_variable_scope().name))
     channels = int(kernel.shape[2] * kernel.shape[3]) if depthwise else int(kernel.shape[3])
     tf_data_format = tf_format(data_format)
     inference = fold_bn and not get_current_tower_context().is_training
@@ -153,7 +161,8 @@ def conv_bn_relu(x, kernel, strides, depthwise, bn, relu, use_bias, bn_name, dat
     if use_bias:
         x = tf.nn.bias_add(x, bias, data_format=tf_data_format)
     elif bn:
-        x = BatchNorm(bn_name, x, data_format='channels_first' if is_nchw(data_format) else 'channels_last')
+        x = BatchNorm(bn_name, x, epsilon=BN_EPSILON,
+                      data_format='channels_first' if is_nchw(data_format) else 'channels_last')
     return tf.nn.relu(x, name='output') if relu else tf.identity(x, name='output')
 
 

@@ -97,16 +97,17 @@ def read_batch(path, num_classes):
 
 
 def integer_array(values):
-    """A list or array of integers as a 1-D integer array; None for anything else."""
-    if not isinstance(values, (list, np.ndarray)):
+    """A list of ints or a 1-D integer array as a 1-D integer array; None for anything else.
+
+    A list's elements are checked before any array is built from it: in a pickle, a few shared
+    references can stand for nested lists far too large to build.
+    """
+    if isinstance(values, list) and all(type(value) is int for value in values):
+        values = np.asarray(values)    # an object array when an int does not fit 64 bits
+    if not isinstance(values, np.ndarray) or values.ndim != 1 or (
+            len(values) and not np.issubdtype(values.dtype, np.integer)):
         return None
-    try:
-        array = np.asarray(values)
-    except ValueError:   # ragged
-        return None
-    if array.ndim != 1 or (len(array) and not np.issubdtype(array.dtype, np.integer)):
-        return None
-    return array
+    return values
 
 
 def _describe(value):

@@ -32,6 +32,13 @@ class PlugInNetwork(ImageNetModel):
         self.data_format = data_format
         self.image_shape = image_shape or self.image_shape
 
+    def checkpoint_flags(self, shapes):
+        """{'--ratio': s, '--dw': d} of a checkpoint's {variable name: shape} when it has Ghost modules
+        with cheap operations, else {}."""
+        cheap_ops = [shape for name, shape in sorted(shapes.items())
+                     if name.startswith(self.scope + '/') and name.endswith('/dw1/DW')]
+        return {'--ratio': cheap_ops[0][3] + 1, '--dw': cheap_ops[0][0]} if cheap_ops else {}
+
     def conv(self, name, x, filters, kernel_size, strides=1, relu=True, **layer_args):
         """Conv + BN (+ ReLU), or the Ghost module that replaces it in the ghost-* network."""
         if self.ghost:

@@ -33,9 +33,10 @@ def run_main_py(*flags, timeout=300, verbose=True):
                           cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
-def build_inference_graph(num_classes=1000, width=SMALL_WIDTH, image_size=SMALL_IMAGE_SIZE):
-    """GhostNet built for inference in the default graph, with placeholders `input` and `label`."""
-    model = GhostNet(num_classes=num_classes, width=width, image_shape=image_size)
+def build_inference_graph(num_classes=1000, width=SMALL_WIDTH, image_size=SMALL_IMAGE_SIZE, **model_args):
+    """GhostNet (`model_args`: se, codes) built for inference in the default graph, with placeholders
+    `input` and `label`."""
+    model = GhostNet(num_classes=num_classes, width=width, image_shape=image_size, **model_args)
     inputs = [tfv1.placeholder(spec.dtype, spec.shape, spec.name) for spec in model.get_input_signature()]
     with TowerContext('', is_training=False):
         model.build_graph(*inputs)

@@ -3,6 +3,7 @@ import os
 import pickle
 import re
 import shutil
+import tracemalloc
 
 import cv2
 import numpy as np
@@ -13,6 +14,7 @@ from data import cifar
 import main
 from conftest import run_main_py
 from data.samples import write_cifar_sample
+from imagenet_utils import DataError
 
 CLASSES, TRAIN_PER_CLASS, TEST_PER_CLASS, PER_FILE = 10, 60, 20, 250   # files of 250, 250, 100 images
 TRAIN = ['--arch', 'ghost-resnet56', '--batch', '16', '--lr', '0.8', '--warmup_epochs', '0.5', '--lr_decay_at', '3/4',
@@ -146,6 +148,21 @@ def test_bad_batch_file_is_named(broken, capfd, damage, expected):
         write_batch(path, {**batch, b'data': batch[b'data'][:, :1024]})
     message = error_of(capfd, '--arch', 'resnet56', '--eval', '--data_dir', broken)
     assert expected in message and broken in message
+
+
+def test_labels_of_shared_references_are_refused_before_any_array_is_built(tmp_path):
+    path = str(tmp_path / 'data_batch_1')
+    row = [0] * 2000
+    write_batch(path, {b'data': np.zeros((1, 3072), np.uint8), b'labels': [row] * 2000})   # 4M labels in 20 kB
+    assert os.path.getsize(path) < 30000
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match='data_batch_1: `labels` must be a list of integers, got list'):
+            cifar.read_batch(path, CLASSES)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 ** 20     # building the 2000 x 2000 array would take 32 MB
 
 
 def test_bad_input_exits_with_status_1_and_one_error_line(tmp_path):

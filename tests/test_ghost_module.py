@@ -7,21 +7,22 @@ import tensorflow as tf
 from tensorpack.tfutils.argscope import argscope
 from tensorpack.tfutils.tower import TowerContext
 
+import myconv2d
 from ghostnet import BOTTLENECKS, GhostNet
-from myconv2d import ConvBN, DepthConv, GhostModule, SELayer
+from myconv2d import ConvBN, DepthConv, GhostModule, SELayer, channel_parts
 
 tfv1 = tf.compat.v1
 EPSILON = 1e-5
 
 
-def randomize(sess, graph, seed=0):
-    """Random values for every variable, by name (positive variances); returns {name: value}."""
+def randomize(sess, graph, seed=0, variances=(0.5, 1.5)):
+    """Random values for every variable, by name (variances uniform in `variances`); returns {name: value}."""
     rng = np.random.RandomState(seed)
     values = {}
     for var in sorted(graph.get_collection(tfv1.GraphKeys.GLOBAL_VARIABLES), key=lambda v: v.op.name):
         shape = var.shape.as_list()
         if var.op.name.endswith('variance/EMA'):
-            value = rng.uniform(0.5, 1.5, shape)
+            value = rng.uniform(*variances, shape)
         elif var.op.name.endswith('gamma'):
             value = rng.uniform(0.5, 1.5, shape)
         else:
@@ -31,14 +32,14 @@ def randomize(sess, graph, seed=0):
     return values
 
 
-def run_layer(build_fn, inputs, seed=0):
+def run_layer(build_fn, inputs, seed=0, variances=(0.5, 1.5)):
     """Build `build_fn(x)` in inference mode on `inputs`; returns (output, variable values)."""
     graph = tf.Graph()
     with graph.as_default(), TowerContext('', is_training=False):
         x = tfv1.placeholder(tf.float32, inputs.shape)
         out = build_fn(x)
         with tfv1.Session() as sess:
-            values = randomize(sess, graph, seed)
+            values = randomize(sess, graph, seed, variances)
             return sess.run(out, {x: inputs}), values
 
 
@@ -222,3 +223,35 @@ def test_strided_3x3_intrinsic_channels_are_a_plain_conv_with_batch_norm(filters
     assert values['g/conv1/W'].shape == (3, 3, 5, intrinsic)
     assert values['g/dw1/DW'].shape == (3, 3, intrinsic, ratio - 1)
     np.testing.assert_allclose(ghost_out[..., :intrinsic], plain_out, rtol=1e-5, atol=1e-5)
+
+
+def test_folded_and_unfolded_batch_norm_take_the_same_epsilon(monkeypatch):
+    # an epsilon unlike tensorpack's default, and variances as small: a layer taking another epsilon shows
+    monkeypatch.setattr(myconv2d, 'BN_EPSILON', 1e-3)
+    inputs = np.random.RandomState(5).normal(size=(2, 6, 6, 5)).astype(np.float32)
+
+    def layers(x):   # folded: a fused batch norm, a depthwise kernel, and kernels taking a Ghost output by parts
+        return ConvBN('c', DepthConv('d', GhostModule('g', x, 12, ratio=2), 3, relu=True), 4, 1)
+    folded, _ = run_layer(layers, inputs, variances=(1e-4, 1e-3))
+    with argscope([ConvBN, DepthConv, SELayer], fold_bn=False):     # tensorpack's BatchNorm
+        unfolded, _ = run_layer(layers, inputs, variances=(1e-4, 1e-3))
+    np.testing.assert_allclose(folded, unfolded, rtol=1e-4, atol=1e-4 * np.abs(unfolded).max())
+
+
+@pytest.mark.parametrize('data_format, axis, is_channel_concat', [
+    ('NHWC', -1, True), ('NHWC', 3, True), ('NHWC', 2, False),
+    ('NCHW', 1, True), ('NCHW', -3, True), ('NCHW', -1, False), ('NCHW', 3, False)])
+def test_channel_parts_only_of_a_concatenation_along_the_channels(data_format, axis, is_channel_concat):
+    with tf.Graph().as_default():
+        parts = [tfv1.placeholder(tf.float32, [1, 4, 4, 4]) for _ in range(2)]
+        x = tf.identity(tf.concat(parts, axis))
+        assert channel_parts(x, data_format) == (parts if is_channel_concat else [x])
+
+
+@pytest.mark.parametrize('layer', [ConvBN, DepthConv])
+@pytest.mark.parametrize('is_training', [True, False])
+def test_batch_norm_with_a_bias_is_refused(layer, is_training):
+    with tf.Graph().as_default(), TowerContext('', is_training=is_training):
+        x = tfv1.placeholder(tf.float32, [1, 4, 4, 3])
+        with pytest.raises(ValueError, match=r'^c: bn=True and use_bias=True together'):
+            layer('c', x, 3, bn=True, use_bias=True)

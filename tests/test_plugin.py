@@ -1,4 +1,6 @@
 """The plug-in networks: the paper's counts, the folded inference graph, checkpoints and export, --arch."""
+import re
+
 import numpy as np
 import onnxruntime
 import pytest
@@ -10,7 +12,8 @@ from tensorpack.tfutils.tower import TowerContext
 from deploy import export
 from networks import flops
 import main
-from weights.checkpoint import checkpoint_variables
+from weights.checkpoint import CheckpointError, checkpoint_variables
+from weights.resume import ResumeInit
 from myconv2d import ConvBN, DepthConv, SELayer
 from networks import ARCHITECTURES, build_model
 from networks.resnet import ResNet50
@@ -91,6 +94,27 @@ def randomized_graph(model, fold_bn, seed=0, by_parts=True):
             fan_in = np.prod(shape[:-1]) if len(shape) == 4 and not var.op.name.endswith('DW') else 2
             values[var.op.name] = rng.normal(0, np.sqrt(2 / fan_in) if len(shape) == 4 else 0.2, shape)
     return graph, image, logits, {name: value.astype(np.float32) for name, value in values.items()}
+
+
+@pytest.fixture(scope='module')
+def ghost_vgg_ratio_3():
+    """(graph, model) of ghost-vgg16 --ratio 3 built."""
+    model = build_model(parse('--arch', 'ghost-vgg16', '--ratio', '3'), 10)
+    return randomized_graph(model, fold_bn=False)[0], model
+
+
+@pytest.mark.parametrize('saved, message', [
+    ('ghost-vgg16', r'holds a checkpoint of --ratio 2 \(\S+\), but these flags build --ratio 3: '),
+    ('vgg16', r'holds a checkpoint \(\S+\) of another network: VGG16/\S+ is missing \(\d+ variables missing, '
+              r'\d+ of another shape\): ')])
+def test_resuming_another_networks_checkpoint_is_one_error_line(ghost_vgg_ratio_3, saved, message, tmp_path):
+    graph, _, _, values = randomized_graph(build_model(parse('--arch', saved), 10), fold_bn=False)
+    prefix = save_checkpoint(graph, values, str(tmp_path / 'model-1'))
+    resumed_graph, model = ghost_vgg_ratio_3
+    with resumed_graph.as_default(), pytest.raises(CheckpointError) as error:
+        ResumeInit(prefix, str(tmp_path), model)._setup_graph()
+    assert re.match('^{} {}'.format(re.escape(str(tmp_path)), message), str(error.value)), str(error.value)
+    assert '\n' not in str(error.value)
 
 
 def ops_computing(tensor):

@@ -2,6 +2,8 @@
 
 Signals go only to processes this test started (main.py, and the data workers it forked), by pid.
 """
+import contextlib
+import logging
 import math
 import os
 import re
@@ -15,9 +17,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import write_random_checkpoint
+from conftest import build_inference_graph, write_random_checkpoint
 from processes import PATIENCE, children, finish, processes_naming, start, wait_for_line, wait_until_gone
 from data.samples import write_sample_dataset
+from imagenet_utils import DataError
+from runtime.preemption import STOP_SIGNALS, StopRequest, signals_request_stop
+from weights.checkpoint import CheckpointError
+from weights.resume import RESUME_HINT, ResumeInit
 
 import main
 
@@ -150,6 +156,48 @@ def test_index_that_is_not_a_checkpoint_is_named(capfd, data_dir, tmp_path):
     assert message.startswith('error: {}.index is not a checkpoint index'.format(prefix)), message
 
 
+@pytest.fixture(scope='module')
+def small_run(tmp_path_factory):
+    """(log directory, checkpoint prefix) holding a random checkpoint of the small model, NUM_CLASSES classes."""
+    logdir = str(tmp_path_factory.mktemp('small_run'))
+    return logdir, write_random_checkpoint(os.path.join(logdir, 'model-3'), num_classes=NUM_CLASSES)
+
+
+@pytest.mark.parametrize('model_args, checkpoint_has, built', [    # --width_ratio: main end to end below
+    (dict(se=False), '--se 1', '--se 0'),
+    (dict(dw_code=[3] * 15 + [5]), '--dw_code_str ' + ','.join(['3'] * 16), '--dw_code_str ' + '3,' * 15 + '5'),
+    (dict(ratio_code=[1] + [2] * 15), '--ratio_code_str ' + ','.join(['2'] * 16),
+     '--ratio_code_str 1' + ',2' * 15),
+])
+def test_resuming_with_other_flags_names_the_flag_and_the_checkpoints_value(small_run, model_args, checkpoint_has,
+                                                                            built):
+    logdir, prefix = small_run
+    with tf.Graph().as_default():
+        model = build_inference_graph(NUM_CLASSES, **model_args)
+        with pytest.raises(CheckpointError) as error:
+            ResumeInit(prefix, logdir, model)._setup_graph()
+    assert str(error.value) == '{} holds a checkpoint of {} ({}), but these flags build {}: {}'.format(
+        logdir, checkpoint_has, prefix, built, RESUME_HINT)
+
+
+def test_resuming_with_data_of_other_classes_names_both_counts(small_run):
+    logdir, prefix = small_run
+    with tf.Graph().as_default():
+        model = build_inference_graph(NUM_CLASSES + 1)
+        with pytest.raises(CheckpointError) as error:
+            ResumeInit(prefix, logdir, model)._setup_graph()
+    assert str(error.value) == '{} holds a checkpoint of 4 classes ({}), but the data has 5: {}'.format(
+        logdir, prefix, RESUME_HINT)
+
+
+def test_resuming_with_another_width_is_one_error_line(capfd, data_dir, small_run):
+    logdir, prefix = small_run
+    flags = [*SMALL[2:], '--width_ratio', '0.5', '--data_dir', data_dir, '--logdir', logdir, '--epochs', '1']
+    message = main_error(capfd, *flags)
+    assert message == 'error: {} holds a checkpoint of --width_ratio 0.25 ({}), but these flags build ' \
+                      '--width_ratio 0.5: {}'.format(logdir, prefix, RESUME_HINT)
+
+
 def test_corrupt_latest_checkpoint_falls_back_to_the_newest_intact_one(data_dir, tmp_path):
     logdir, log = str(tmp_path / 'log'), str(tmp_path / 'out.txt')
     flags = ['--data_dir', data_dir, '--logdir', logdir, '--steps_per_epoch', '2', *SMALL]
@@ -263,3 +311,108 @@ def test_evaluation_worker_killed_by_sigsegv_is_one_error_line(long_val_dir, tmp
     assert re.search(error.format(worker), output, re.M), output[-5000:]
     assert 'Traceback' not in output and 'Top1 Error' not in output
     assert wait_until_gone(long_val_dir) == []
+
+
+@contextlib.contextmanager
+def tensorpack_log():
+    """The messages tensorpack's logger logs within the block, as a list that grows."""
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    tensorpack_logger = logging.getLogger('tensorpack')
+    tensorpack_logger.addHandler(handler)
+    try:
+        yield messages
+    finally:
+        tensorpack_logger.removeHandler(handler)
+
+
+@pytest.fixture
+def stop_signal_handlers_kept():
+    """SIGTERM's and SIGINT's handlers as they were before the test, restored after it."""
+    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    yield
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
+
+
+def test_signal_handler_only_records_and_the_loop_logs(stop_signal_handlers_kept):
+    request = StopRequest()
+    with tensorpack_log() as messages, signals_request_stop(request):
+        signal.raise_signal(signal.SIGTERM)     # its handler has run when this returns
+        assert request.reason == 'stopped by SIGTERM' and messages == []
+        assert request.requested()              # as the training loop asks
+        assert messages == ['SIGTERM received: saving a checkpoint at the step reached, then stopping']
+        signal.raise_signal(signal.SIGINT)
+        assert len(messages) == 1 and request.reason == 'stopped by SIGTERM'
+        assert request.requested() and request.requested()
+    assert messages[1:] == ['SIGINT received while stopping: ignored (the checkpoint is saved or being saved); '
+                            'another SIGTERM or SIGINT ends the process at once']
+    assert [signal.getsignal(signum) for signum in STOP_SIGNALS] == [signal.SIG_DFL] * 2
+
+
+def test_a_third_stop_signal_ends_the_process():
+    child = os.fork()
+    if child == 0:     # the child only raises signals, then leaves at once, whatever happens
+        try:
+            with signals_request_stop(StopRequest()):
+                for signum in (signal.SIGTERM, signal.SIGTERM, signal.SIGINT):
+                    signal.raise_signal(signum)
+        finally:
+            os._exit(0)
+    status = wait_status(child)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGINT, status
+
+
+def wait_status(child, patience=60):
+    """The wait status of a forked `child` once it ends; it is killed after `patience` seconds."""
+    deadline = time.monotonic() + patience
+    while time.monotonic() < deadline:
+        pid, status = os.waitpid(child, os.WNOHANG)
+        if pid:
+            return status
+        time.sleep(0.05)
+    os.kill(child, signal.SIGKILL)
+    return os.waitpid(child, 0)[1]
+
+
+def stopping_ranks(*reasons):
+    """StopRequests of a rank without a reason and ranks with `reasons` ('signal' or 'failure'), after the
+    SaveAndStop all-reduce (a sum of their rank counts) told them all."""
+    ranks = [StopRequest() for _ in range(len(reasons) + 1)]
+    for rank, reason in zip(ranks[1:], reasons):
+        if reason == 'signal':
+            rank.on_signal(signal.SIGTERM, None)
+        else:
+            rank.fail('data worker 1 of 2 (pid 7) was killed by SIGKILL')
+    summed = np.sum([rank.rank_counts() for rank in ranks], axis=0)
+    assert all(rank.follow_ranks(summed) for rank in ranks)
+    return ranks
+
+
+@pytest.mark.parametrize('reasons', [['failure'], ['signal', 'failure'], ['failure', 'signal']])
+def test_a_dead_data_worker_on_another_rank_is_reported_as_one(reasons):
+    ranks = stopping_ranks(*reasons)
+    ranks[0].saved = 'log/model-12'
+    with pytest.raises(DataError) as stop:
+        main.raise_stopped(ranks[0], 12, is_chief=True)
+    assert str(stop.value) == ("a data worker of another rank failed (that rank's log names it); training stopped "
+                               "at global step 12: saved log/model-12; run the same command again to resume from it")
+    failed = ranks[1 + reasons.index('failure')]
+    with pytest.raises(DataError, match=r'^data worker 1 of 2 \(pid 7\) was killed by SIGKILL; training stopped at '
+                                        r'global step 12: rank 0 saved the checkpoint$'):
+        main.raise_stopped(failed, 12, is_chief=False)
+
+
+def test_a_signal_to_another_rank_is_reported_as_its_stop_request():
+    ranks = stopping_ranks('signal')
+    with pytest.raises(main.TrainingStopped, match="^Training stopped by another rank's stop request at global "
+                                                   "step 5: rank 0 saved the checkpoint$"):
+        main.raise_stopped(ranks[0], 5, is_chief=False)
+
+
+def test_ranks_without_a_reason_go_on():
+    ranks = [StopRequest(), StopRequest()]
+    summed = np.sum([rank.rank_counts() for rank in ranks], axis=0)
+    assert not any(rank.follow_ranks(summed) for rank in ranks)
+    assert not any(rank.reason for rank in ranks)

@@ -138,14 +138,26 @@ def test_fine_tuning_from_another_width_is_an_error(data_dir, tmp_path):
     assert 'Traceback' not in output
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, one_epoch, tmp_path):
+def add_corrupt_checkpoint(logdir, step):
+    """A copy of the latest checkpoint saved as that of `step`, listed as the latest, its data cut in half."""
+    latest = tf.train.latest_checkpoint(logdir)
+    corrupt = os.path.join(logdir, 'model-{}'.format(step))
+    for suffix in ('.index', '.data-00000-of-00001'):
+        shutil.copyfile(latest + suffix, corrupt + suffix)
+    os.truncate(corrupt + '.data-00000-of-00001', os.path.getsize(corrupt + '.data-00000-of-00001') // 2)
+    tf.compat.v1.train.update_checkpoint_state(logdir, corrupt, [latest, corrupt])
+    return corrupt
+
+
+def test_nan_loss_stops_and_names_the_newest_intact_checkpoint(data_dir, one_epoch, tmp_path):
     logdir = copy_of(one_epoch, tmp_path)
+    intact = os.path.join(logdir, 'model-{}'.format(STEPS_PER_EPOCH))
+    corrupt = add_corrupt_checkpoint(logdir, STEPS_PER_EPOCH + 1)
     status, output = train('--data_dir', data_dir, '--logdir', logdir, '--epochs', '2', '--lr', '1e12', *SMALL)
     assert status == 1
-    last = output.strip().splitlines()
-    assert any(line.startswith('error: the loss became NaN or infinite') for line in last)
-    assert tf.train.latest_checkpoint(logdir).endswith('model-{}'.format(STEPS_PER_EPOCH))
-    assert 'The last good checkpoint is {}'.format(tf.train.latest_checkpoint(logdir)) in output
+    error, = [line for line in output.splitlines() if line.startswith('error: the loss became NaN or infinite')]
+    assert error.endswith('The last good checkpoint is {}'.format(intact)), error
+    assert tf.train.latest_checkpoint(logdir) == corrupt     # nothing saved after the NaN
 
 
 def test_fake_data_trains_without_a_dataset(tmp_path):
