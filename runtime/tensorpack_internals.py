@@ -19,6 +19,8 @@ PRIVATE_NAMES = (
     (MultiProcessMapDataZMQ, '_recv', 'class attribute: overridden to watch the workers while waiting'),
     (MultiProcessMapDataZMQ, '_procs', 'instance attribute: the worker processes'),
     (MultiProcessMapDataZMQ, 'socket', 'instance attribute: the socket the mapped datapoints arrive on'),
+    (MultiProcessMapDataZMQ, 'context', 'instance attribute: the ZMQ context of that socket'),
+    (MultiProcessMapDataZMQ, '_reset_done', 'instance attribute: whether the workers were started'),
     (InferenceRunner, '_input_source', 'instance attribute: the input source, reset before a pass'),
     (InferenceRunner, '_hooked_sess', 'instance attribute: the session that runs one batch'),
     (InferenceRunner, '_size', 'instance attribute: the batches in one pass'),
@@ -49,6 +51,21 @@ class HookedMapDataZMQ(MultiProcessMapDataZMQ):
     def _recv(self):
         self.before_receive()
         return super()._recv()
+
+    def __del__(self):
+        """tensorpack's clean-up (close the socket, end the workers) without the line it prints on stdout,
+        which holds a run's results alone."""
+        try:
+            if not self._reset_done:
+                return
+            if not self.context.closed:
+                self.socket.close(0)
+                self.context.destroy(0)
+            for process in self._procs:
+                process.terminate()
+                process.join(5)
+        except Exception:    # noqa: BLE001  (as tensorpack's: an object half made, or the interpreter ending)
+            pass
 
     @property
     def worker_processes(self):
