@@ -20,6 +20,24 @@ from data.samples import write_sample_dataset  # noqa: E402
 
 tfv1 = tf.compat.v1
 
+REFERENCE_DIR = os.path.join(ROOT, '..', 'shared', 'reference')
+# Tests that need data from outside the repository, or a GPU, are marked: their skips are named in the
+# summary (pytest -rs), and `-m "not external_data"` or `-m gpu` selects them.
+needs_reference = pytest.mark.external_data(reason='../shared/reference/ (the released checkpoint index) '
+                                                   'beside this checkout')
+
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'external_data(reason): needs data from outside the repository')
+    config.addinivalue_line('markers', 'gpu: runs fully only where TensorFlow has NCHW kernels (a GPU)')
+
+
+def pytest_runtest_setup(item):
+    for marker in item.iter_markers('external_data'):
+        if not os.path.isdir(REFERENCE_DIR):
+            pytest.skip('external data missing: {}'.format(marker.kwargs['reason']))
+
+
 # Small enough for CPU tests: the model and the images the sample and checkpoint fixtures use.
 SMALL_WIDTH = 0.25
 SMALL_IMAGE_SIZE = 32

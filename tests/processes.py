@@ -5,7 +5,7 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))     # as conftest's: tests_horovod imports this too
 MAIN_PY = os.path.join(ROOT, 'main.py')
 PATIENCE = 300      # seconds: a guard against a hung test, not a measurement
 

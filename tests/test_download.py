@@ -14,7 +14,8 @@ import time
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REFERENCE_DIR, ROOT, needs_reference
+
 SCRIPT = os.path.join(ROOT, "models", "download.py")
 
 spec = importlib.util.spec_from_file_location("download", SCRIPT)
@@ -200,10 +201,9 @@ def test_cli_404_exit_status(server, dest):
     assert os.listdir(dest) == []
 
 
+@needs_reference
 def test_table_matches_the_released_index():
-    index = os.path.join(ROOT, "..", "shared", "reference", SMALL)
-    if not os.path.exists(index):
-        pytest.skip("../shared/reference/ is not beside this checkout")
+    index = os.path.join(REFERENCE_DIR, SMALL)
     assert download.git_blob_id(index) == RELEASED_FILES[SMALL]
     with open(index, "rb") as f:
         assert blob_id(f.read()) == RELEASED_FILES[SMALL]

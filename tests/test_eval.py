@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
-from conftest import (ROOT, SAMPLE, run_main_py, SMALL_IMAGE_SIZE, SMALL_WIDTH, build_inference_graph,
-                      write_random_checkpoint)
+from conftest import (REFERENCE_DIR, SAMPLE, run_main_py, SMALL_IMAGE_SIZE, SMALL_WIDTH, build_inference_graph,
+                      needs_reference, write_random_checkpoint)
 
 from deploy import export
 import main
@@ -22,7 +22,7 @@ SMALL = ['--width_ratio', str(SMALL_WIDTH), '--image_size', str(SMALL_IMAGE_SIZE
 AGREEMENT_BOUND = 0.3   # int8 against float top-1 (chance 0.1; a broken top-5 gave 0.05); this tiny, barely
 #                         trained demo model has low-margin logits: 0.32-0.92 measured across demo runs
 NUM_VAL = SAMPLE['num_classes'] * SAMPLE['val_per_class']
-REFERENCE = os.path.join(ROOT, '..', 'shared', 'reference', 'ghostnet_checkpoint')
+REFERENCE = os.path.join(REFERENCE_DIR, 'ghostnet_checkpoint')
 
 
 def run_cli(*args):
@@ -117,9 +117,8 @@ def test_checkpoint_that_does_not_fit_stops_before_evaluation(capfd, tmp_path, s
                      r'\[[\d, ]+\], model \[[\d, ]+\]', message)
 
 
+@needs_reference
 def test_released_index_fits_the_width_1_model():
-    if not os.path.isfile(REFERENCE + '.index'):
-        pytest.skip('no ../shared/reference/ghostnet_checkpoint.index')
     with tf.Graph().as_default():
         build_inference_graph(width=1.0)
         assert check_checkpoint(REFERENCE, checkpoint_variables()) == ([], [])

@@ -82,6 +82,7 @@ def test_intrinsic_channels_are_a_plain_conv_with_batch_norm():
     assert not np.allclose(ghost_out[..., 4:8], plain_out)
 
 
+@pytest.mark.gpu
 def test_nchw_equals_nhwc():
     inputs = np.random.RandomState(2).normal(size=(2, 10, 10, 6)).astype(np.float32)
     nhwc, _ = run_layer(lambda x: GhostModule('g', x, 13, dw_size=3, ratio=3, strides=2), inputs)

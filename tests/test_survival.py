@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import build_inference_graph, write_random_checkpoint
+from conftest import ROOT, build_inference_graph, write_random_checkpoint
 from processes import PATIENCE, children, finish, processes_naming, start, wait_for_line, wait_until_gone
 from data.samples import write_sample_dataset
 from imagenet_utils import DataError
@@ -27,7 +27,6 @@ from weights.resume import RESUME_HINT, ResumeInit
 
 import main
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ['--width_ratio', '0.25', '--image_size', '32', '--batch', '16', '--workers', '2']
 NUM_CLASSES = 4
 STEPS, EPOCHS = 30, 3
