@@ -51,6 +51,27 @@ def run_main_py(*flags, timeout=300, verbose=True):
                           cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
+def random_values(variables, seed=0, gamma_range=(0.5, 1.5), variance_range=(0.5, 1.5)):
+    """{variable name: random float32 value} by name: batch-norm scales in `gamma_range` and moving variances in
+    `variance_range`, He-scaled conv kernels (so that activations keep their size through the depth),
+    depthwise kernels of standard deviation 1, and the rest (biases, shifts, means) normal with 0.2."""
+    rng = np.random.RandomState(seed)
+    values = {}
+    for var in sorted(variables, key=lambda v: v.op.name):
+        name, shape = var.op.name, var.shape.as_list()
+        if name.endswith('variance/EMA'):
+            value = rng.uniform(*variance_range, shape)
+        elif name.endswith('gamma'):
+            value = rng.uniform(*gamma_range, shape)
+        elif len(shape) == 4:
+            fan_in = 1 if name.endswith('DW') else np.prod(shape[:-1]) / 2
+            value = rng.normal(0, np.sqrt(1 / fan_in), shape)
+        else:
+            value = rng.normal(0, 0.2, shape)
+        values[name] = value.astype(np.float32)
+    return values
+
+
 def build_inference_graph(num_classes=1000, width=SMALL_WIDTH, image_size=SMALL_IMAGE_SIZE, **model_args):
     """GhostNet (`model_args`: se, codes) built for inference in the default graph, with placeholders
     `input` and `label`."""

@@ -8,6 +8,7 @@ from tensorpack.tfutils.argscope import argscope
 from tensorpack.tfutils.tower import TowerContext
 
 import myconv2d
+from conftest import random_values
 from ghostnet import BOTTLENECKS, GhostNet
 from myconv2d import ConvBN, DepthConv, GhostModule, SELayer, channel_parts
 
@@ -16,19 +17,11 @@ EPSILON = 1e-5
 
 
 def randomize(sess, graph, seed=0, variances=(0.5, 1.5)):
-    """Random values for every variable, by name (variances uniform in `variances`); returns {name: value}."""
-    rng = np.random.RandomState(seed)
-    values = {}
-    for var in sorted(graph.get_collection(tfv1.GraphKeys.GLOBAL_VARIABLES), key=lambda v: v.op.name):
-        shape = var.shape.as_list()
-        if var.op.name.endswith('variance/EMA'):
-            value = rng.uniform(*variances, shape)
-        elif var.op.name.endswith('gamma'):
-            value = rng.uniform(0.5, 1.5, shape)
-        else:
-            value = rng.normal(0, 0.3, shape)
-        var.load(value.astype(np.float32), sess)
-        values[var.op.name] = value.astype(np.float32)
+    """Random values for every variable (conftest.random_values), loaded; returns {name: value}."""
+    variables = graph.get_collection(tfv1.GraphKeys.GLOBAL_VARIABLES)
+    values = random_values(variables, seed, variance_range=variances)
+    for var in variables:
+        var.load(values[var.op.name], sess)
     return values
 
 

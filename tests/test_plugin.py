@@ -9,6 +9,7 @@ from ai_edge_litert.interpreter import Interpreter
 from tensorpack.tfutils.argscope import argscope
 from tensorpack.tfutils.tower import TowerContext
 
+from conftest import random_values
 from deploy import export
 from networks import flops
 import main
@@ -82,18 +83,7 @@ def randomized_graph(model, fold_bn, seed=0, by_parts=True):
         image = tfv1.placeholder(tf.float32, [None, model.image_shape, model.image_shape, 3], 'input')
         logits = model.get_logits(model.image_preprocess(image))
         variables = checkpoint_variables()
-    rng = np.random.RandomState(seed)
-    values = {}
-    for var in variables:
-        shape = var.shape.as_list()
-        if var.op.name.endswith('variance/EMA'):
-            values[var.op.name] = rng.uniform(0.5, 1.5, shape)
-        elif var.op.name.endswith('gamma'):
-            values[var.op.name] = rng.uniform(*gamma_range, shape)
-        else:   # He-scaled kernels, so that the activations keep their size through the depth
-            fan_in = np.prod(shape[:-1]) if len(shape) == 4 and not var.op.name.endswith('DW') else 2
-            values[var.op.name] = rng.normal(0, np.sqrt(2 / fan_in) if len(shape) == 4 else 0.2, shape)
-    return graph, image, logits, {name: value.astype(np.float32) for name, value in values.items()}
+    return graph, image, logits, random_values(variables, seed, gamma_range)
 
 
 @pytest.fixture(scope='module')
