@@ -29,7 +29,7 @@ from tensorpack.callbacks import ClassificationError, EstimatedTimeLeft, MinSave
 from tensorpack.dataflow import FakeData
 from tensorpack.utils import logger
 
-from deploy import export
+from deploy import agreement, export
 from networks import flops
 from ghostnet import add_model_arguments, check_model_arguments
 from data import cifar
@@ -84,9 +84,20 @@ def get_parser():
     parser.add_argument('--tflite', action='store_true', help='with --export: also a TFLite file')
     parser.add_argument('--onnx', action='store_true', help='with --export: also OUT_DIR/<arch>.onnx')
     parser.add_argument('--quantize', choices=export.QUANTIZE_MODES, default='none',
-                        help='with --export: TFLite weights (dynamic) or weights and activations '
-                             '(int8, calibrated on --representative) in 8 bits')
-    parser.add_argument('--representative', metavar='DIR', help='images to calibrate int8 on')
+                        help='with --export: a TFLite file with weights (dynamic) or weights and activations '
+                             '(int8, calibrated on --representative) in 8 bits, beside the float one, checked '
+                             'against it on held-back images')
+    parser.add_argument('--representative', metavar='DIR',
+                        help='images to calibrate int8 on, drawn across its class folders (<class>/*.jpg); '
+                             'without --validate, those not drawn are held back to check the file on')
+    parser.add_argument('--validate', metavar='DIR',
+                        help='held-back images to check a quantized file on: its top-1 agreement with the '
+                             'float file, and both errors when the images are in class folders')
+    parser.add_argument('--min_agreement', type=float, default=agreement.MIN_AGREEMENT,
+                        help='least top-1 agreement of the quantized file with the float file (default %(default)s)')
+    parser.add_argument('--max_error_rise', type=float, default=agreement.MAX_ERROR_RISE,
+                        help='most the quantized file\'s top-1 error may exceed the float file\'s '
+                             '(default %(default)s)')
     parser.add_argument('--data_dir', help='ImageNet directory: val/ (flat or in <wnid>/ subfolders), '
                                            'train/, caffe_ilsvrc12/; CIFAR-10 networks: '
                                            'cifar-10-batches-py/ or the folder holding it')
@@ -166,8 +177,9 @@ def parse_args(argv=None):
     if len(modes) > 1 and set(modes) != {'predict', 'export'}:
         parser.error('choose one of --eval, --flops, --demo, --predict/--export (got {})'.format(
             ', '.join('--' + m for m in modes)))
-    if not args.export and (args.tflite or args.onnx or args.quantize != 'none' or args.representative):
-        parser.error('--tflite, --onnx, --quantize and --representative go with --export OUT_DIR')
+    if not args.export and (args.tflite or args.onnx or args.quantize != 'none' or args.representative or
+                            args.validate):
+        parser.error('--tflite, --onnx, --quantize, --representative and --validate go with --export OUT_DIR')
     args.train = not modes
     if (args.predict or args.export) and not args.load:
         parser.error('--predict and --export need --load, the checkpoint to use')
@@ -192,7 +204,9 @@ def check_ranges(args, parser):
                ('momentum', 0 <= args.momentum < 1, 'must be at least 0 and below 1'),
                ('label_smoothing', 0 <= args.label_smoothing < 1, 'must be at least 0 and below 1'),
                ('dropout_keep_prob', 0 < args.dropout_keep_prob <= 1, 'must be above 0 and at most 1'),
-               ('min_crop_area', 0 < args.min_crop_area <= 1, 'must be above 0 and at most 1')]
+               ('min_crop_area', 0 < args.min_crop_area <= 1, 'must be above 0 and at most 1'),
+               ('min_agreement', 0 <= args.min_agreement <= 1, 'must be between 0 and 1'),
+               ('max_error_rise', 0 <= args.max_error_rise <= 1, 'must be between 0 and 1')]
     for name, ok, rule in ranges:
         if not ok:
             parser.error('--{} {} (got {})'.format(name, rule, getattr(args, name)))
@@ -481,7 +495,7 @@ def run_export_or_predict(args):
     model = build_model(args, export.checkpoint_num_classes(ARCHITECTURES[args.arch].model, args.load))
     if args.export:
         export.export(model, args.load, args.export, args.tflite, args.quantize, args.representative, args.arch,
-                      args.onnx)
+                      args.onnx, args.validate, (args.min_agreement, args.max_error_rise))
     if args.predict:
         for path, top5 in export.predict(model, args.load, args.predict, prediction_class_names(args, model)):
             print(path)
@@ -533,7 +547,7 @@ def main(argv=None):
             run_export_or_predict(args)
         else:
             run_train(args)
-    except (UsageError, DataError, CheckpointError, TrainingDiverged) as e:
+    except (UsageError, DataError, CheckpointError, TrainingDiverged, agreement.QuantizationLoss) as e:
         sys.exit('error: {}'.format(e))
     except TrainingStopped as e:
         print(e, file=sys.stderr)

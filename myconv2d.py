@@ -216,6 +216,14 @@ def GhostModule(x, filters, kernel_size=1, dw_size=3, ratio=2, strides=1, bn=Tru
     return tf.identity(x, name='output')
 
 
+def hard_gate(x):
+    """The released gate `clip(x, 0, 1)`, written `relu6(6 x) / 6`. int8 keeps the clip's output on its
+    input's scale (TFLite's MINIMUM and MAXIMUM take one scale for inputs and output), and an SE layer's
+    pre-gate values span hundreds: the gate would get a handful of levels. RELU6 is fused into fc2, whose
+    int8 output then spans [0, 6]."""
+    return tf.nn.relu6(6. * x) / 6.
+
+
 @layer_register(log_shape=True)
 def SELayer(x, reduction=4, data_format='NHWC', fold_bn=True, by_parts=True):
     """Squeeze-and-excitation with the released hard gate `clip(x, 0, 1)`; in inference `by_parts`, on a
@@ -229,7 +237,7 @@ def SELayer(x, reduction=4, data_format='NHWC', fold_bn=True, by_parts=True):
     # the squeezed means are too small for their concatenation to cost what taking them apart would
     fc_args = dict(bn=False, use_bias=True, data_format=data_format, fold_bn=fold_bn, by_parts=False)
     hidden = ConvBN('fc1', squeezed, int(channels / reduction), relu=True, **fc_args)
-    gate = tf.clip_by_value(ConvBN('fc2', hidden, channels, relu=False, **fc_args), 0., 1.)
+    gate = hard_gate(ConvBN('fc2', hidden, channels, relu=False, **fc_args))
     if len(parts) == 1:
         return tf.multiply(x, gate, name='output')
     gates = channel_slices(gate, part_sizes(parts, data_format), data_format)

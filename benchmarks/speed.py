@@ -111,7 +111,7 @@ def prepare_model(name, args, workdir):
     for path, quantize in (('tflite', 'none'), ('tflite-int8', 'int8')):
         if path in args.paths:
             source = saved_model if quantize == 'none' else subject_.saved_model(
-                session, os.path.join(workdir, name + '-int8'), fold_bn=False)   # as export.export quantizes
+                session, os.path.join(workdir, name + '-int8'), int8=True)   # as export.export quantizes
             flatbuffer = export.export_tflite(source, os.path.join(workdir, name + path + '.tflite'), quantize,
                                               random_images(CALIBRATION_IMAGES, args.image_size, seed=1))
             calls.update({(path, b): tflite_call(flatbuffer, x) for b, x in batches.items()})

@@ -40,12 +40,13 @@ class GhostNetSubject:
             session.run(tfv1.global_variables_initializer())
         return session, image, label, fetch
 
-    def saved_model(self, session, directory, fold_bn=True):
+    def saved_model(self, session, directory, int8=False):
         """Save the session's weights and export them with export.py; returns the SavedModel path.
-        `fold_bn=False` gives the graph export.py quantizes to int8."""
+        `int8` gives the one export.py quantizes to int8."""
         with session.graph.as_default():
             checkpoint = tfv1.train.Saver().save(session, os.path.join(directory, 'model'))
-        return export.export_saved_model(self.model, checkpoint, os.path.join(directory, 'saved_model'), fold_bn)
+        save = export.export_int8_saved_model if int8 else export.export_saved_model
+        return save(self.model, checkpoint, os.path.join(directory, 'saved_model'))
 
     def onnx(self, session, directory):
         """The session's weights as export.py's ONNX model; its path."""
@@ -95,9 +96,10 @@ class KerasSubject:
                 [None, self.image_size, self.image_size, 3], tf.uint8, name='images')])
         return module
 
-    def saved_model(self, session, directory, fold_bn=True):
-        """The serving module as a SavedModel; its path (the converter folds its batch norm)."""
-        del session, fold_bn
+    def saved_model(self, session, directory, int8=False):
+        """The serving module as a SavedModel; its path (the converter folds its batch norm). int8 keeps
+        the three outputs: its file's logits may be clipped (see export.py)."""
+        del session, int8
         module, path = self.serving_module(), os.path.join(directory, 'saved_model')
         tf.saved_model.save(module, path, signatures={'serving_default': module.serve})
         return path

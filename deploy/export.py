@@ -3,6 +3,12 @@
 What is exported is the network's own inference graph (myconv2d.py folds every batch norm into the
 conv before it; dropout is gone), frozen with the checkpoint's values. The serving signature takes
 uint8 RGB images [N, S, S, 3] and returns `probabilities`, `top5` (int32 class indices) and `logits`.
+
+The int8 file's signature returns the `logits` alone: its quantized network ends there. int8 gives an op
+that needs its inputs and output on one scale (the SELECT_V2 of `top_k_classes`) that scale for its
+inputs too, and the select's range stops below the top score: the logits were clipped where top-1 is
+decided. Softmax and top-5 of the int8 file's logits are the caller's, in float. A quantized file is
+checked against the float file on held-back images (deploy/agreement.py).
 """
 import os
 import tempfile
@@ -16,17 +22,18 @@ from tensorpack.tfutils.tower import TowerContext
 from tensorpack.utils import logger
 
 from data import imagenet_classes
+from deploy import agreement
+from deploy.calibration import calibration_and_held_back
 from weights.checkpoint import CheckedInit, CheckpointError, checkpoint_shapes, resolve_checkpoint
 from imagenet_utils import DataError, decode_image
-from myconv2d import ConvBN, DepthConv, SELayer
+from myconv2d import BN_EPSILON, ConvBN, DepthConv, SELayer
 
 tfv1 = tf.compat.v1
 
 SERVING_OUTPUTS = ('probabilities', 'top5', 'logits')
+INT8_OUTPUTS = ('logits',)
 ONNX_OPSET = 17
 QUANTIZE_MODES = ('none', 'dynamic', 'int8')
-REPRESENTATIVE_LIMIT = 200  # images fed to the int8 calibration at most
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
 
 
 # ---------------------------------------------------------------- images
@@ -35,16 +42,6 @@ def load_rgb_batch(paths, model):
     """Images as the serving signature takes them: uint8 RGB [N, S, S, 3], preprocessed as `model` evaluates."""
     augmentor = model.file_augmentor()
     return np.stack([augmentor.augment(decode_image(path))[..., ::-1] for path in paths])
-
-
-def image_files(directory):
-    """Image files (by extension) under `directory`, recursively, sorted."""
-    found = [os.path.join(root, name) for root, _, names in os.walk(directory) for name in names
-             if name.lower().endswith(IMAGE_EXTENSIONS)]
-    if not found:
-        raise DataError('{}: no image files ({}) in it or below'.format(
-            directory, ', '.join(IMAGE_EXTENSIONS)))
-    return sorted(found)
 
 
 # ---------------------------------------------------------------- the inference network
@@ -87,17 +84,32 @@ def serving_graph(model, fold_bn=True):
             argscope([ConvBN, DepthConv, SELayer], fold_bn=fold_bn):
         images = tfv1.placeholder(tf.uint8, [None, size, size, 3], 'images')
         logits = tf.identity(model.logits_folding_preprocessing(images, 'RGB'), name='logits')
-        probabilities = tf.nn.softmax(logits, name='probabilities')
+        tf.nn.softmax(logits, name='probabilities')
         tf.identity(top_k_classes(logits, min(5, model.num_classes)), name='top5')   # the order of probabilities
     return graph
 
 
-def frozen_serving_graph(model, checkpoint, fold_bn=True):
-    """`serving_graph` with the checkpoint's values as constants; CheckpointError if it does not fit."""
+def frozen_serving_graph(model, checkpoint, fold_bn=True, outputs=SERVING_OUTPUTS, dead_channels_constant=False):
+    """`serving_graph` with the checkpoint's values as constants, cut to the nodes `outputs` names (with
+    `dead_channels_constant`, see `hold_dead_channels_constant`); CheckpointError if it does not fit."""
     graph = serving_graph(model, fold_bn)
     with graph.as_default(), tfv1.Session(graph=graph) as sess:
         CheckedInit(checkpoint).init(sess)
-        return tfv1.graph_util.convert_variables_to_constants(sess, graph.as_graph_def(), SERVING_OUTPUTS)
+        if dead_channels_constant:
+            hold_dead_channels_constant(sess)
+        return tfv1.graph_util.convert_variables_to_constants(sess, graph.as_graph_def(), list(outputs))
+
+
+def hold_dead_channels_constant(sess):
+    """Batch norm's scale set to 0 where its moving variance is below its epsilon, so the channel is its
+    shift: its input was constant in training (a dead ReLU before a Ghost module's cheap operation), and
+    the gain gamma / sqrt(epsilon), hundreds, would multiply int8's rounding errors of that constant. The
+    float output moves by at most gamma * sqrt(variance / epsilon)."""
+    variables = {variable.op.name: variable for variable in tfv1.global_variables()}
+    for name, variance in variables.items():
+        gamma = variables.get(name[:-len('variance/EMA')] + 'gamma') if name.endswith('/variance/EMA') else None
+        if gamma is not None:
+            sess.run(gamma.assign(tf.where(variance < BN_EPSILON, tf.zeros_like(gamma), gamma)))
 
 
 def serving_function(graph_def, outputs=SERVING_OUTPUTS):
@@ -126,6 +138,13 @@ def log_written(what, path):
 def export_saved_model(model, checkpoint, directory, fold_bn=True):
     """The inference network of `model` with the checkpoint's values as a SavedModel in `directory`."""
     return save_saved_model(frozen_serving_graph(model, checkpoint, fold_bn), model.image_shape, directory)
+
+
+def export_int8_saved_model(model, checkpoint, directory):
+    """The SavedModel an int8 file is quantized from: batch norm apart (see serving_graph), dead channels
+    constant (see hold_dead_channels_constant), the logits its only output (see the module's doc)."""
+    graph_def = frozen_serving_graph(model, checkpoint, False, INT8_OUTPUTS, dead_channels_constant=True)
+    return save_saved_model(graph_def, model.image_shape, directory, INT8_OUTPUTS)
 
 
 def save_saved_model(graph_def, size, directory, outputs=SERVING_OUTPUTS):
@@ -184,28 +203,58 @@ def export_tflite(saved_model_dir, path, quantize='none', representative_images=
 
 
 def export(model, checkpoint, out_dir, tflite=False, quantize='none', representative=None, name='ghostnet',
-           onnx_model=False):
-    """`--export`: OUT_DIR/saved_model; with `tflite` or quantization OUT_DIR/NAME[_QUANT].tflite; with
-    `onnx_model` OUT_DIR/NAME.onnx. int8 is quantized from the graph with batch norm apart (see serving_graph)."""
-    if quantize == 'int8' and not representative:
-        raise DataError('--quantize int8 needs --representative DIR, a folder of images to calibrate on')
+           onnx_model=False, validate=None, bounds=(agreement.MIN_AGREEMENT, agreement.MAX_ERROR_RISE)):
+    """`--export`: OUT_DIR/saved_model; with `tflite` or quantization OUT_DIR/NAME.tflite; with quantization
+    OUT_DIR/NAME_QUANT.tflite too, checked against NAME.tflite (see `export_quantized`); with `onnx_model`
+    OUT_DIR/NAME.onnx. Returns the paths written."""
+    check_quantization_flags(quantize, representative, validate)
+    if quantize != 'none':   # bad image folders are named before anything is written
+        images = calibration_and_held_back(representative, validate, model.num_classes, quantize == 'int8')
     make_out_dir(out_dir)
-    representative_images = None
-    if quantize == 'int8':
-        paths = image_files(representative)[:REPRESENTATIVE_LIMIT]
-        representative_images = load_rgb_batch(paths, model)
-        logger.info('Calibrating int8 on {} images from {}'.format(len(paths), representative))
     graph_def = frozen_serving_graph(model, checkpoint)
     written = [save_saved_model(graph_def, model.image_shape, os.path.join(out_dir, 'saved_model'))]
     if tflite or quantize != 'none':
-        filename = name + ('.tflite' if quantize == 'none' else '_{}.tflite'.format(quantize))
-        with tempfile.TemporaryDirectory() as workdir:
-            source = written[0] if quantize != 'int8' else export_saved_model(
-                model, checkpoint, os.path.join(workdir, 'saved_model'), fold_bn=False)
-            written.append(export_tflite(source, os.path.join(out_dir, filename), quantize, representative_images))
+        written.append(export_tflite(written[0], os.path.join(out_dir, name + '.tflite')))
+    if quantize != 'none':
+        written.append(export_quantized(model, checkpoint, written[0], written[-1], quantize, images, bounds))
     if onnx_model:
         written.append(save_onnx(graph_def, os.path.join(out_dir, name + '.onnx')))
     return written
+
+
+def check_quantization_flags(quantize, representative, validate):
+    """DataError when int8 has no images to calibrate on, or quantization none to be checked on."""
+    if quantize == 'int8' and not representative:
+        raise DataError('--quantize int8 needs --representative DIR, a folder of images to calibrate on')
+    if quantize == 'dynamic' and not (representative or validate):
+        raise DataError('--quantize dynamic needs --validate DIR (or --representative DIR): images to check '
+                        'the quantized file against the float file on')
+
+
+def export_quantized(model, checkpoint, saved_model, float_file, quantize, images, bounds):
+    """FLOAT_FILE's NAME_QUANT.tflite beside it: dynamic from `saved_model`, int8 from
+    `export_int8_saved_model`. `images` are (calibration paths, (held-back paths, labels or None)), see
+    `calibration_and_held_back`. The top-1 agreement with the float file and both errors on the held-back
+    images are printed; agreement.QuantizationLoss, naming both files (kept), when they miss `bounds`
+    (least agreement, most error rise)."""
+    calibration, (held_back, labels) = images
+    path = float_file[:-len('.tflite')] + '_{}.tflite'.format(quantize)
+    with tempfile.TemporaryDirectory() as workdir:
+        if quantize == 'int8':
+            logger.info('Calibrating int8 on {} images, checking on {} held back'.format(
+                len(calibration), len(held_back)))
+            source = export_int8_saved_model(model, checkpoint, os.path.join(workdir, 'saved_model'))
+            export_tflite(source, path, quantize, load_rgb_batch(calibration, model))
+        else:
+            export_tflite(saved_model, path, quantize)
+    measured = agreement.measure(float_file, path, load_rgb_batch(held_back, model), labels)
+    print('{} against {}: {}'.format(path, float_file, agreement.describe(measured)))   # a result
+    try:
+        agreement.check(measured, *bounds)
+    except agreement.QuantizationLoss as e:
+        raise agreement.QuantizationLoss('--quantize {}: {} strays from {} (both kept): {}'.format(
+            quantize, path, float_file, e)) from None
+    return path
 
 
 def make_out_dir(out_dir):

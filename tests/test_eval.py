@@ -11,6 +11,7 @@ from conftest import (REFERENCE_DIR, SAMPLE, run_main_py, SMALL_IMAGE_SIZE, SMAL
                       needs_reference, write_random_checkpoint)
 
 from deploy import export
+from deploy.calibration import image_files
 import main
 from ghostnet import GhostNet
 from weights.checkpoint import CheckedInit, check_checkpoint, checkpoint_variables
@@ -235,11 +236,11 @@ def test_int8_export_of_the_demo_model_agrees_with_float(demo, tmp_path):
     assert status == 0, err
     model = GhostNet(num_classes=10, width=SMALL_WIDTH, image_shape=SMALL_IMAGE_SIZE)
     checkpoint = os.path.join(data_dir, 'train_log')
-    val = export.load_rgb_batch(export.image_files(os.path.join(data_dir, 'val')), model)
-    float_file = export.export(model, checkpoint, str(tmp_path / 'float'), tflite=True)[1]
-    int8_file = export.export(model, checkpoint, str(tmp_path / 'int8'), quantize='int8',
-                              representative=os.path.join(data_dir, 'train'))[1]
-    predictions = {path: Interpreter(path).get_signature_runner()(images=val)['top5'][:, 0]
+    val = export.load_rgb_batch(image_files(os.path.join(data_dir, 'val')), model)
+    float_file, int8_file = export.export(model, checkpoint, str(tmp_path), quantize='int8',
+                                          representative=os.path.join(data_dir, 'train'),
+                                          validate=os.path.join(data_dir, 'val'), bounds=(AGREEMENT_BOUND, 1))[1:]
+    predictions = {path: Interpreter(path).get_signature_runner()(images=val)['logits'].argmax(1)
                    for path in (float_file, int8_file)}
     agreement = np.mean(predictions[int8_file] == predictions[float_file])
     print('int8 against float TFLite: top-1 agreement {:.0%} on {} images'.format(agreement, len(val)))

@@ -17,7 +17,8 @@ from tensorpack.tfutils.argscope import argscope
 from tensorpack.tfutils.tower import TowerContext
 from conftest import run_main_py
 
-from deploy import export
+from deploy import agreement, export
+from deploy.calibration import calibration_and_held_back
 from ghostnet import HEAD_CHANNELS, GhostNet
 from myconv2d import ConvBN, DepthConv, SELayer
 from weights.checkpoint import CheckpointError
@@ -206,19 +207,49 @@ def test_float_tflite_runs_in_litert_compiled_model(small, small_export):
 
 
 @pytest.mark.parametrize('quantize', ['dynamic', 'int8'])
-def test_quantized_tflite_runs_and_reports_top1_agreement(small, quantize, tmp_path):
-    representative = os.path.dirname(small.paths[0]) if quantize == 'int8' else None
-    saved_model, path = export.export(small.model, small.checkpoint, str(tmp_path), quantize=quantize,
-                                      representative=representative)
-    assert path.endswith('ghostnet_{}.tflite'.format(quantize))
+def test_quantized_file_is_written_beside_the_float_one_and_checked_on_held_back_images(small, quantize, tmp_path):
+    jpegs = os.path.dirname(small.paths[0])
+    with mock.patch.object(export.logger, 'info') as info:
+        saved_model, float_file, path = export.export(small.model, small.checkpoint, str(tmp_path), quantize=quantize,
+                                                      representative=jpegs, bounds=(0, 1))
+    assert float_file.endswith('ghostnet.tflite') and path.endswith('ghostnet_{}.tflite'.format(quantize))
     # OUT/saved_model is the folded float network whatever the TFLite file is
     signature = tf.saved_model.load(saved_model).signatures['serving_default']
     assert_parity(signature(images=tf.constant(small.images))['logits'].numpy(), small.logits)
     outputs = run_tflite(path, small.images)
-    agreement = np.mean(outputs['logits'].argmax(1) == small.logits.argmax(1))
-    print('{} TFLite: top-1 agreement with tensorpack {:.0%} on {} images, max |logits diff| {:.3f}'.format(
-        quantize, agreement, len(small.paths), np.abs(outputs['logits'] - small.logits).max()))
-    assert np.isfinite(outputs['logits']).all() and outputs['probabilities'].shape == small.logits.shape
+    assert sorted(outputs) == (['logits'] if quantize == 'int8' else ['logits', 'probabilities', 'top5'])
+    assert np.isfinite(outputs['logits']).all() and outputs['logits'].shape == small.logits.shape
+    # no class folders: agreement only, on the images calibration did not take (half of them for int8)
+    held_back = sorted(small.paths) if quantize == 'dynamic' else None
+    calibration, (held_back_paths, labels) = calibration_and_held_back(jpegs, None, 10, quantize == 'int8')
+    assert labels is None and len(held_back_paths) == len(small.paths) - len(calibration)
+    assert held_back is None or sorted(held_back_paths) == held_back
+    images = export.load_rgb_batch(held_back_paths, small.model)
+    expected = np.mean(run_tflite(float_file, images)['logits'].argmax(1) == run_tflite(path, images)['logits'].argmax(1))
+    logged = [call.args[0] for call in info.call_args_list if 'agreement' in call.args[0]]
+    assert logged == ['{} against {}: top-1 agreement {:.4f} on {} held-back images (no class folders: errors '
+                      'unknown)'.format(path, float_file, expected, len(images))]
+
+
+def test_calibration_is_drawn_across_class_folders(tmp_path):
+    for label in range(3):
+        for index in range(10):
+            (tmp_path / 'class{}'.format(label)).mkdir(exist_ok=True)
+            (tmp_path / 'class{}'.format(label) / '{}.png'.format(index)).write_bytes(b'')
+    calibration, (held_back, labels) = calibration_and_held_back(str(tmp_path), None, 3)
+    assert len(calibration) == 15 and len(held_back) == 15 and not set(calibration) & set(held_back)
+    assert [os.path.basename(os.path.dirname(path)) for path in calibration[:6]] == ['class0', 'class1', 'class2'] * 2
+    assert sorted(labels.tolist()) == sorted([0] * 5 + [1] * 5 + [2] * 5)
+    assert all(path.endswith('class{}'.format(label) + os.sep + os.path.basename(path))
+               for path, label in zip(held_back, labels))
+
+
+def test_agreement_check_names_each_bound_missed():
+    agreement.check(agreement.Agreement(100, 0.97, 0.10, 0.12))
+    with pytest.raises(agreement.QuantizationLoss, match='agreement below 0.97$'):
+        agreement.check(agreement.Agreement(100, 0.96, 0.10, 0.10))
+    with pytest.raises(agreement.QuantizationLoss, match='error 0.1201 .float 0.1000.: error more than 0.02'):
+        agreement.check(agreement.Agreement(100, 0.99, 0.10, 0.1201))
 
 
 def test_int8_without_representative_images_fails_before_writing(small, tmp_path):

@@ -1,0 +1,129 @@
+"""int8 on trained models: GhostNet and Ghost-ResNet-56 trained on scikit-learn's digits (real handwritten
+images), exported by export.py, the int8 file against the float file on held-back digits, in LiteRT's
+Interpreter and CompiledModel APIs; main.py --export prints its agreement and refuses a file below the bounds."""
+import os
+import re
+from unittest import mock
+
+import numpy as np
+import pytest
+from ai_edge_litert.interpreter import Interpreter
+
+import digits
+import main
+from conftest import run_main_py
+from deploy import agreement, export
+from deploy.calibration import image_files
+from ghostnet import GhostNet
+from networks.resnet_cifar import ResNet56
+from test_export import run_compiled_model
+
+SIZE = 32            # the 8x8 digits upscaled, as CIFAR-10's networks take them
+HELD_BACK = 400
+GHOSTNET = dict(width=0.5, image_shape=SIZE)
+TRAINING = dict(steps=300, batch=64, lr=0.1)   # float error 0.02 (GhostNet), 0.12 (Ghost-ResNet-56) measured
+
+
+def build(arch):
+    if arch == 'ghostnet':
+        return GhostNet(num_classes=digits.CLASSES, **GHOSTNET)
+    return ResNet56(digits.CLASSES, ghost=True, label_smoothing=0.1)
+
+
+@pytest.fixture(scope='module')
+def folders(tmp_path_factory):
+    """{'train': training images in class folders, 'val': held-back ones} and the arrays behind them."""
+    images, labels = digits.digit_images(SIZE)
+    train, held_back = digits.split(images, labels, HELD_BACK)
+    root = tmp_path_factory.mktemp('digits')
+    return {'train': digits.write_class_folders(str(root / 'train'), *train),
+            'val': digits.write_class_folders(str(root / 'val'), *held_back), 'arrays': train}
+
+
+@pytest.fixture(scope='module', params=['ghostnet', 'ghost-resnet56'])
+def exported(request, folders, tmp_path_factory):
+    """A network trained on the training digits, exported with --quantize int8 (calibrated on them, checked
+    on the held-back ones): (model, checkpoint, float file, int8 file)."""
+    arch, model = request.param, build(request.param)
+    directory = tmp_path_factory.mktemp(arch)
+    images, labels = folders['arrays']
+    checkpoint = digits.train(model, digits.as_evaluated(model, images), labels, str(directory / 'model'),
+                              **TRAINING)
+    written = export.export(model, checkpoint, str(directory / 'export'), quantize='int8',
+                            representative=folders['train'], validate=folders['val'], name=arch)
+    return model, checkpoint, written[1], written[2]
+
+
+def held_back(model, folders):
+    """The held-back digits as the files are fed (uint8 RGB, preprocessed), and their labels."""
+    paths = image_files(folders['val'])
+    labels = np.array([int(os.path.basename(os.path.dirname(path))) for path in paths])
+    return export.load_rgb_batch(paths, model), labels
+
+
+@pytest.mark.parametrize('runtime', ['Interpreter', 'CompiledModel'])
+def test_int8_agrees_with_float_on_held_back_digits(exported, folders, runtime):
+    model, _, float_file, int8_file = exported
+    images, labels = held_back(model, folders)
+    run = {'Interpreter': lambda path: Interpreter(path, num_threads=2).get_signature_runner()(images=images),
+           'CompiledModel': lambda path: run_compiled_model(path, images)}[runtime]
+    float_top1, int8_top1 = (run(path)['logits'].argmax(1) for path in (float_file, int8_file))
+    float_error, int8_error = np.mean(float_top1 != labels), np.mean(int8_top1 != labels)
+    agreement_ = np.mean(float_top1 == int8_top1)
+    print('{} {}: agreement {:.4f}, error {:.4f} (float {:.4f})'.format(
+        os.path.basename(int8_file), runtime, agreement_, int8_error, float_error))
+    assert float_error < 0.2                      # the model has learned: chance is 0.9
+    assert agreement_ >= agreement.MIN_AGREEMENT
+    assert int8_error <= float_error + agreement.MAX_ERROR_RISE
+
+
+def test_int8_file_ends_at_the_logits(exported):
+    interpreter = Interpreter(exported[3])
+    assert list(interpreter.get_signature_list()['serving_default']['outputs']) == ['logits']
+    interpreter.allocate_tensors()
+    assert {detail['dtype'] for detail in interpreter.get_tensor_details()} >= {np.int8}
+
+
+def ghostnet_flags(checkpoint):
+    return ['--load', checkpoint, '--width_ratio', str(GHOSTNET['width']), '--image_size', str(SIZE)]
+
+
+@pytest.fixture(scope='module')
+def ghostnet_checkpoint(exported):
+    if not isinstance(exported[0], GhostNet):
+        pytest.skip('the command-line tests use the GhostNet checkpoint')
+    return exported[1]
+
+
+def test_cli_export_prints_agreement_and_both_errors(ghostnet_checkpoint, folders, tmp_path):
+    run = run_main_py('--export', str(tmp_path), '--quantize', 'int8', '--representative', folders['train'],
+                      *ghostnet_flags(ghostnet_checkpoint))
+    assert run.returncode == 0, run.stderr[-2000:]
+    line = re.search(r'ghostnet_int8\.tflite against .*ghostnet\.tflite: top-1 agreement ([\d.]+) on (\d+) held-back '
+                     r'images, top-1 error ([\d.]+) \(float ([\d.]+)\)', run.stdout)
+    assert line, run.stdout[-2000:]
+    agreement_, count, int8_error, float_error = float(line[1]), int(line[2]), float(line[3]), float(line[4])
+    # without --validate: the training digits calibration did not take (all but 200 of them)
+    assert count == min(len(folders['arrays'][0]) - 200, 1000)
+    assert agreement_ >= agreement.MIN_AGREEMENT and int8_error <= float_error + agreement.MAX_ERROR_RISE
+
+
+def test_cli_export_below_the_bounds_is_one_error_naming_the_kept_files(ghostnet_checkpoint, folders, tmp_path,
+                                                                         capfd):
+    low = agreement.Agreement(HELD_BACK, 0.5, 0.05, 0.4)
+    with mock.patch.object(agreement, 'measure', return_value=low), pytest.raises(SystemExit) as stop:
+        main.main(['--export', str(tmp_path), '--quantize', 'dynamic', '--validate', folders['val'],
+                   *ghostnet_flags(ghostnet_checkpoint)])
+    message = str(stop.value.code)
+    assert 'Traceback' not in capfd.readouterr().err
+    assert message.startswith('error: --quantize dynamic: ') and '\n' not in message
+    for name in ('ghostnet_dynamic.tflite', 'ghostnet.tflite'):
+        assert os.path.join(str(tmp_path), name) in message and os.path.isfile(os.path.join(str(tmp_path), name))
+    assert 'agreement below 0.97' in message and 'error more than 0.02 above float' in message
+
+
+def test_quantization_needs_images_to_be_checked_on(ghostnet_checkpoint, tmp_path, capfd):
+    with pytest.raises(SystemExit) as stop:
+        main.main(['--export', str(tmp_path), '--quantize', 'dynamic', *ghostnet_flags(ghostnet_checkpoint)])
+    assert str(stop.value.code).startswith('error: --quantize dynamic needs --validate DIR')
+    assert os.listdir(str(tmp_path)) == []
