@@ -78,21 +78,27 @@ class ShortLines(logging.Formatter):
 
 def configure(verbose):
     """tensorpack's log to stderr (every line with `verbose`, else warnings and errors, long ones cut),
-    TensorFlow's Python log and Python's warnings into it."""
+    TensorFlow's Python log and Python's warnings into it. Each call sets all of it anew (a process may
+    run main.main more than once, as the tests do)."""
     tensorpack_log = logging.getLogger('tensorpack')
     for handler in tensorpack_log.handlers:
         if type(handler) is logging.StreamHandler:
-            handler.setStream(sys.stderr)
-            if not verbose:
-                handler.setLevel(logging.WARNING)
-                handler.addFilter(DropNoise())
-                handler.setFormatter(ShortLines(handler.formatter))
+            terminal_only(handler, verbose)
     logging.captureWarnings(True)
     for name in ('tensorflow', 'py.warnings'):
         logger = logging.getLogger(name)
         logger.handlers = []
         logger.propagate = False
         logger.addHandler(ForwardTo(tensorpack_log))
+
+
+def terminal_only(handler, verbose):
+    """The terminal handler's stream (today's stderr: the one it had may be closed), level, filter and format."""
+    handler.stream = sys.stderr
+    plain = handler.formatter.formatter if isinstance(handler.formatter, ShortLines) else handler.formatter
+    handler.setLevel(logging.NOTSET if verbose else logging.WARNING)
+    handler.filters = [] if verbose else [DropNoise()]
+    handler.setFormatter(plain if verbose else ShortLines(plain))
 
 
 class ForwardTo(logging.Handler):
