@@ -46,6 +46,8 @@ def read_state_dict(path):
 
 
 def read_safetensors(path):
+    """A .safetensors file as NumPy arrays (safetensors is imported here: the training-only Horovod stack,
+    .ci/horovod, does without it)."""
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
     try:
