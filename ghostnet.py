@@ -1,5 +1,6 @@
 """GhostNet (Han et al., CVPR 2020) built from Ghost modules, named as the released checkpoint."""
 import collections
+import contextlib
 
 import compat  # noqa: F401  (must come before TensorFlow)
 import tensorflow as tf
@@ -44,12 +45,12 @@ def scaled_channels(channels, width):
     return round(max(int(channels * width), 8) / 4) * 4
 
 
-def bottleneck_plan(width):
-    """(index, spec, nominal input channels, hidden channels, output channels) of Conv2d_1 .. Conv2d_16."""
+def bottleneck_plan(scale):
+    """(index, spec, nominal input channels, hidden channels, output channels) of Conv2d_1 .. Conv2d_16, the
+    nominal widths (at 1.0x) scaled by `scale(channels)`."""
     plan, nominal = [], STEM_CHANNELS
     for index, spec in enumerate(BOTTLENECKS, start=1):
-        plan.append((index, spec, nominal, scaled_channels(spec.expansion * nominal, width),
-                     scaled_channels(spec.out, width)))
+        plan.append((index, spec, nominal, scale(spec.expansion * nominal), scale(spec.out)))
         nominal = spec.out
     return plan
 
@@ -92,10 +93,15 @@ def check_model_arguments(args, parser):
 
 
 class GhostNet(ImageNetModel):
-    """GhostNet on ImageNetModel; variables live under `MobileNetV2/` as in the released checkpoint."""
+    """GhostNet on ImageNetModel; variables live under `MobileNetV2/` as in the released checkpoint.
+
+    The class attributes and `channels`, `se_options` are what another form of the same network changes.
+    """
 
     scope = 'MobileNetV2'
     classifier_bias = 'Logits/Conv2d_1c_1x1/b'
+    padding = 'SAME'        # of every conv (myconv2d.convolve)
+    head_bn = True          # Conv2d_18: BN and no bias (else a bias and no BN)
 
     def __init__(self, num_classes=1000, width=1.0, se=True, dw_code=None, ratio_code=None,
                  weight_decay=4e-5, dropout_keep_prob=0.8, label_smoothing=0.1,
@@ -145,27 +151,35 @@ class GhostNet(ImageNetModel):
         if spec.stride == 2:
             x = DepthConv(name + '_depthwise', x, spec.kernel, strides=2)
         if self.se and spec.se:
-            x = SELayer(name + '_se', x)
+            x = SELayer(name + '_se', x, **self.se_options(hidden))
         x = GhostModule(name + '_down_pointwise', x, out, relu=False, **ghost_args)
         return tf.add(x, shortcut, name=name)
+
+    def channels(self, nominal):
+        """A nominal width (the table's, at 1.0x) at this network's width."""
+        return scaled_channels(nominal, self.width)
+
+    def se_options(self, channels):
+        """SELayer's options on `channels`: the released reduction (int(channels / 4)) and gate."""
+        return {}
 
     def backbone(self, image):
         """Blocks Conv2d_0 .. Conv2d_16 on a preprocessed image; returns {block name: output}."""
         end_points = {}
-        x = ConvBN('Conv2d_0', image, scaled_channels(STEM_CHANNELS, self.width), 3, strides=2)
+        x = ConvBN('Conv2d_0', image, self.channels(STEM_CHANNELS), 3, strides=2)
         end_points['Conv2d_0'] = x
-        for plan in bottleneck_plan(self.width):
+        for plan in bottleneck_plan(self.channels):
             x = self.bottleneck(*plan, x)
             end_points['Conv2d_{}'.format(plan[0])] = x
         return end_points
 
     def head(self, x, end_points):
         """Conv2d_17, global average pooling, Conv2d_18, dropout and the classifier."""
-        x = ConvBN('Conv2d_17', x, scaled_channels(LAST_CHANNELS, self.width), 1)
+        x = ConvBN('Conv2d_17', x, self.channels(LAST_CHANNELS), 1)
         end_points['Conv2d_17'] = x
         x = tf.reduce_mean(x, spatial_axes(self.data_format), keepdims=True, name='global_pool')
         end_points['global_pool'] = x
-        x = ConvBN('Conv2d_18', x, HEAD_CHANNELS, 1)
+        x = ConvBN('Conv2d_18', x, HEAD_CHANNELS, 1, bn=self.head_bn, use_bias=not self.head_bn)
         end_points['Conv2d_18'] = x
         with tfv1.variable_scope('Logits'):
             x = Dropout('Dropout', x, rate=1 - self.dropout_keep_prob)
@@ -173,9 +187,12 @@ class GhostNet(ImageNetModel):
         end_points['Logits'] = tf.squeeze(x, spatial_axes(self.data_format))
         return end_points['Logits']
 
+    @contextlib.contextmanager
     def layer_defaults(self):
-        """The data format in every layer."""
-        return argscope([ConvBN, DepthConv, GhostModule, SELayer], data_format=self.data_format)
+        """The data format in every layer, the padding of every conv."""
+        with argscope([ConvBN, DepthConv, GhostModule, SELayer], data_format=self.data_format), \
+                argscope([ConvBN, DepthConv], padding=self.padding):
+            yield
 
     def get_logits(self, image):
         with tfv1.variable_scope(self.scope), self.layer_defaults():

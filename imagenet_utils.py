@@ -21,7 +21,7 @@ from runtime.workers import OrderedWatchedMapData, WatchedMapData, WorkerDied
 
 tfv1 = tf.compat.v1
 
-# ImageNet statistics in RGB order; the model sees BGR images, so they are applied reversed.
+# ImageNet statistics in RGB order; applied in the channel order of the network's first conv.
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
 
@@ -35,13 +35,16 @@ class ImageNetModel(ModelDesc):
     """A classifier on BGR uint8-range images; subclasses define `get_logits`, `scope` and `classifier_bias`.
 
     Its variables live under `scope`, the classifier's under `scope/Logits` (fine-tuning skips them when
-    the number of classes differs); `scope/classifier_bias` has one value per class.
+    the number of classes differs); `scope/classifier_bias` has one value per class. Its first conv takes
+    the image's channels in `channel_order` ('BGR' as OpenCV decodes, or 'RGB'), normalized by `mean_rgb`
+    and `std_rgb`.
     """
 
     scope = None
     classifier_bias = None
     image_shape = 224
     mean_rgb, std_rgb = IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
+    channel_order = 'BGR'
     data_format = 'NHWC'
     num_classes = 1000
     weight_decay = 4e-5
@@ -82,10 +85,12 @@ class ImageNetModel(ModelDesc):
         raise NotImplementedError()
 
     def image_preprocess(self, image):
-        """[0, 255] BGR NHWC to normalized BGR in `self.data_format`."""
+        """[0, 255] BGR NHWC to normalized `self.channel_order` in `self.data_format`."""
         with tf.name_scope('image_preprocess'):
-            mean = tf.constant(self.mean_rgb[::-1], tf.float32)
-            std = tf.constant(self.std_rgb[::-1], tf.float32)
+            if self.channel_order == 'RGB':
+                image = tf.reverse(image, [3])
+            mean = tf.constant(in_order(self.mean_rgb, self.channel_order), tf.float32)
+            std = tf.constant(in_order(self.std_rgb, self.channel_order), tf.float32)
             image = (image * (1.0 / 255) - mean) / std
             if self.data_format in ('NCHW', 'channels_first'):
                 image = tf.transpose(image, [0, 3, 1, 2])
@@ -123,8 +128,9 @@ class ImageNetModel(ModelDesc):
             return image
 
     def stem_kernel(self, kernel, order):
-        """The first conv's kernel [k, k, 3, C] for `centered` input: its BGR rows in `order`, over 255 x std."""
-        if order == 'RGB':
+        """The first conv's kernel [k, k, 3, C] for `centered` input: its rows (in `self.channel_order`) in
+        `order`, over 255 x std."""
+        if order != self.channel_order:
             kernel = tf.reverse(kernel, [2])
         std = in_order(self.std_rgb, order)
         return kernel / tf.constant([[[[255 * s] for s in std]]], tf.float32)

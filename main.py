@@ -36,9 +36,10 @@ from data import cifar
 from runtime.command_line import FlagParser
 from runtime.callbacks import (BadImageLog, ResumeAtGlobalStep, StopOnNonFiniteLoss, Validation, WarmupCosineSchedule,
                        WarmupStepSchedule)
-from weights.checkpoint import CheckedInit, CheckpointError, latest_intact_checkpoint, saved_checkpoints
+from weights.checkpoint import CheckpointError, latest_intact_checkpoint, saved_checkpoints
 from runtime.preemption import SaveAndStop, StopRequest, signals_request_stop
 from weights.resume import ResumeInit
+from weights.state_dict import session_init
 from runtime.workers import WatchIdleWorkers, watch_workers
 from imagenet_utils import (DataError, evaluate, get_train_dataflow, get_val_dataflow, list_train_images,
                             list_val_images, read_synsets)
@@ -104,8 +105,9 @@ def get_parser():
     parser.add_argument('--meta_dir', help='caffe ilsvrc12 metadata (synsets.txt, val.txt, ...); '
                                            'default DATA_DIR/caffe_ilsvrc12')
     parser.add_argument('--load', help='weights: a TF checkpoint prefix, a training log directory '
-                                       '(its latest checkpoint) or a tensorpack .npz; '
-                                       'without it the weights are random')
+                                       '(its latest checkpoint) or a tensorpack .npz; for ghostnet-pytorch '
+                                       'also a PyTorch state dict (.safetensors, or .pth with torch '
+                                       'installed); without it the weights are random')
     parser.add_argument('--gpu', help='comma-separated GPU ids to use (CUDA_VISIBLE_DEVICES); '
                                       'default: all visible. Evaluation runs one tower per GPU')
     parser.add_argument('--batch', type=int,
@@ -277,14 +279,15 @@ def run_eval(args):
     towers = num_towers(args)
     bad_images = [] if args.skip_bad_images else None
     dataflow, num_images, num_classes = get_eval_data(args, max(args.batch // towers, 1), bad_images)
+    model = build_model(args, num_classes)
     if args.load:
-        session_init = CheckedInit(args.load)
+        weights = session_init(args.load, model)
     else:
-        session_init = None
+        weights = None
         logger.warn('No --load given: evaluating randomly initialized weights.')
     logger.info('Evaluating {} on {} images of {} classes from {} on {} tower(s).'.format(
         args.arch, num_images, num_classes, args.data_dir, towers))
-    top1, top5, count, seconds = evaluate(build_model(args, num_classes), session_init, dataflow, towers)
+    top1, top5, count, seconds = evaluate(model, weights, dataflow, towers)
     del dataflow
     gc.collect()    # its worker processes end now (tensorpack says so), not after the results
     if bad_images:
@@ -419,10 +422,10 @@ def get_config(args, towers, workers, is_chief, stop_on_nan, stop_request):
     config = dict(model=model, data=QueueInput(train_df), callbacks=callbacks,
                   steps_per_epoch=steps_per_epoch, max_epoch=args.epochs)
     # Horovod broadcasts rank 0's values to the other ranks; a checkpoint in --logdir wins over --load
-    session_init = resume_init(args.logdir, model) if is_chief else None
-    if session_init is None and args.load and is_chief:
-        session_init = CheckedInit(args.load, fine_tune_scope=model.classifier_scope)
-    return TrainConfig(session_init=session_init, **config)
+    weights = resume_init(args.logdir, model) if is_chief else None
+    if weights is None and args.load and is_chief:
+        weights = session_init(args.load, model, fine_tune_scope=model.classifier_scope)
+    return TrainConfig(session_init=weights, **config)
 
 
 def run_train(args, extra_callbacks=()):

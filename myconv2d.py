@@ -56,12 +56,27 @@ def folded_batch_norm(kernel, channels, depthwise):
     return kernel, beta - mean * scale
 
 
-def convolve(x, kernel, strides, depthwise, data_format):
-    """A conv or depthwise conv with TF `SAME` padding."""
+def convolve(x, kernel, strides, depthwise, data_format, padding='SAME'):
+    """A conv or depthwise conv with TF `SAME` padding, or with `symmetric` padding: k // 2 zeros on every
+    side, as PyTorch pads. At stride 1 (odd k) `SAME` pads so too: only a strided conv is padded apart, then
+    run VALID."""
+    if padding not in ('SAME', 'symmetric'):
+        raise ValueError('padding must be SAME or symmetric, got {!r}'.format(padding))
     nchw = is_nchw(data_format)
     strides4 = [1, 1, strides, strides] if nchw else [1, strides, strides, 1]
     conv = tf.nn.depthwise_conv2d if depthwise else tf.nn.conv2d
-    return conv(x, kernel, strides4, 'SAME', data_format=tf_format(data_format))
+    padded_apart = padding == 'symmetric' and strides > 1
+    if padded_apart:
+        x = symmetrically_padded(x, kernel.shape[:2], data_format)
+    return conv(x, kernel, strides4, 'VALID' if padded_apart else 'SAME', data_format=tf_format(data_format))
+
+
+def symmetrically_padded(x, kernel_size, data_format):
+    """`x` with k // 2 zeros before and after each spatial axis, for a kernel of `kernel_size` (kh, kw)."""
+    paddings = [[0, 0] for _ in range(4)]
+    for axis, size in zip(spatial_axes(data_format), kernel_size):
+        paddings[axis] = [int(size) // 2] * 2
+    return tf.pad(x, paddings)
 
 
 def channel_parts(x, data_format):
@@ -103,22 +118,23 @@ def parts_taken(x, kernel, depthwise, data_format, by_parts):
     return parts if len(parts) > 1 and (per_part or summed) else []
 
 
-def convolve_by_parts(x, parts, kernel, bias, strides, depthwise, relu, data_format):
+def convolve_by_parts(x, parts, kernel, bias, strides, depthwise, relu, data_format, padding):
     """conv + bias (+ ReLU) as inference runs it, on `parts_taken` when there are any: the concatenation is
     then never computed."""
     tf_data_format = tf_format(data_format)
     activation = tf.nn.relu if relu else tf.identity
     if not parts:
-        return activation(tf.nn.bias_add(convolve(x, kernel, strides, depthwise, data_format), bias,
+        return activation(tf.nn.bias_add(convolve(x, kernel, strides, depthwise, data_format, padding), bias,
                                          data_format=tf_data_format), name='output')
     sizes = part_sizes(parts, data_format)
     kernels = tf.split(kernel, sizes, 2)
     if depthwise:
-        outputs = [activation(tf.nn.bias_add(convolve(part, part_kernel, strides, True, data_format), part_bias,
-                                             data_format=tf_data_format))
+        outputs = [activation(tf.nn.bias_add(convolve(part, part_kernel, strides, True, data_format, padding),
+                                             part_bias, data_format=tf_data_format))
                    for part, part_kernel, part_bias in zip(parts, kernels, tf.split(bias, sizes))]
         return tf.concat(outputs, channel_axis(data_format), name='output')
-    convs = [convolve(part, part_kernel, strides, False, data_format) for part, part_kernel in zip(parts, kernels)]
+    convs = [convolve(part, part_kernel, strides, False, data_format, padding)
+             for part, part_kernel in zip(parts, kernels)]
     x = tf.nn.bias_add(convs[0], bias, data_format=tf_data_format)   # the bias where converters fuse it
     for conv in convs[1:]:
         x = tf.add(x, conv)
@@ -136,7 +152,8 @@ def batch_normalized(conv, relu, channels, bn_name, data_format):
     return tf.nn.relu(x, name='output') if relu else tf.identity(x, name='output')
 
 
-def conv_bn_relu(x, kernel, strides, depthwise, bn, relu, use_bias, bn_name, data_format, fold_bn, by_parts):
+def conv_bn_relu(x, kernel, strides, depthwise, bn, relu, use_bias, bn_name, data_format, fold_bn, by_parts,
+                 padding):
     """The layer body: conv, then BN or a bias, then ReLU. In inference, BN is folded into a depthwise
     kernel or into a kernel that takes parts, and is one op with any other conv."""
     if bn and use_bias:
@@ -147,17 +164,17 @@ def conv_bn_relu(x, kernel, strides, depthwise, bn, relu, use_bias, bn_name, dat
     inference = fold_bn and not get_current_tower_context().is_training
     parts = parts_taken(x, kernel, depthwise, data_format, by_parts) if inference else []
     if bn and inference and not (depthwise or parts):
-        return batch_normalized(convolve(x, kernel, strides, False, data_format), relu, channels, bn_name,
+        return batch_normalized(convolve(x, kernel, strides, False, data_format, padding), relu, channels, bn_name,
                                 data_format)
     if bn and inference:
         with tfv1.variable_scope(bn_name):
             kernel, bias = folded_batch_norm(kernel, channels, depthwise)
-        return convolve_by_parts(x, parts, kernel, bias, strides, depthwise, relu, data_format)
+        return convolve_by_parts(x, parts, kernel, bias, strides, depthwise, relu, data_format, padding)
     if use_bias:
         bias = tfv1.get_variable('b', [channels], initializer=tf.zeros_initializer())
         if inference:
-            return convolve_by_parts(x, parts, kernel, bias, strides, depthwise, relu, data_format)
-    x = convolve(x, kernel, strides, depthwise, data_format)
+            return convolve_by_parts(x, parts, kernel, bias, strides, depthwise, relu, data_format, padding)
+    x = convolve(x, kernel, strides, depthwise, data_format, padding)
     if use_bias:
         x = tf.nn.bias_add(x, bias, data_format=tf_data_format)
     elif bn:
@@ -168,18 +185,20 @@ def conv_bn_relu(x, kernel, strides, depthwise, bn, relu, use_bias, bn_name, dat
 
 @layer_register(log_shape=True)
 def ConvBN(x, filters, kernel_size=1, strides=1, bn=True, relu=True, use_bias=False, data_format='NHWC',
-           fold_bn=True, by_parts=True):
-    """Conv `W` [k, k, in, filters], then BN under `bn/` (or a bias `b` with bn=False), then ReLU."""
+           fold_bn=True, by_parts=True, padding='SAME'):
+    """Conv `W` [k, k, in, filters], then BN under `bn/` (or a bias `b` with bn=False), then ReLU; `padding`
+    'SAME' (TensorFlow's) or 'symmetric' (PyTorch's, see `convolve`)."""
     in_channels = int(x.shape[channel_axis(data_format)])
     kernel = tfv1.get_variable('W', [kernel_size, kernel_size, in_channels, filters],
                                initializer=kernel_initializer())
-    return conv_bn_relu(x, kernel, strides, False, bn, relu, use_bias, 'bn', data_format, fold_bn, by_parts)
+    return conv_bn_relu(x, kernel, strides, False, bn, relu, use_bias, 'bn', data_format, fold_bn, by_parts,
+                        padding)
 
 
 @layer_register(log_shape=True)
 def DepthConv(x, kernel_size, channel_multiplier=1, strides=1, bn=True, relu=False, use_bias=False,
-              data_format='NHWC', kernel_name='W', fold_bn=True, by_parts=True):
-    """Depthwise conv [k, k, in, multiplier], then BN (+ ReLU).
+              data_format='NHWC', kernel_name='W', fold_bn=True, by_parts=True, padding='SAME'):
+    """Depthwise conv [k, k, in, multiplier], then BN (+ ReLU); `padding` as `ConvBN`'s.
 
     The BN is under `bn/` with a ReLU and `output/` without, as in the released checkpoint
     (`dw1/output/...`, `_depthwise/output/...`).
@@ -188,7 +207,7 @@ def DepthConv(x, kernel_size, channel_multiplier=1, strides=1, bn=True, relu=Fal
     kernel = tfv1.get_variable(kernel_name, [kernel_size, kernel_size, in_channels, channel_multiplier],
                                initializer=kernel_initializer())
     return conv_bn_relu(x, kernel, strides, True, bn, relu, use_bias, 'bn' if relu else 'output',
-                        data_format, fold_bn, by_parts)
+                        data_format, fold_bn, by_parts, padding)
 
 
 @layer_register(log_shape=True)
@@ -216,18 +235,24 @@ def GhostModule(x, filters, kernel_size=1, dw_size=3, ratio=2, strides=1, bn=Tru
     return tf.identity(x, name='output')
 
 
-def hard_gate(x):
-    """The released gate `clip(x, 0, 1)`, written `relu6(6 x) / 6`. int8 keeps the clip's output on its
-    input's scale (TFLite's MINIMUM and MAXIMUM take one scale for inputs and output), and an SE layer's
-    pre-gate values span hundreds: the gate would get a handful of levels. RELU6 is fused into fc2, whose
-    int8 output then spans [0, 6]."""
-    return tf.nn.relu6(6. * x) / 6.
+def se_gate(x, gate):
+    """The gate of squeeze-and-excitation: the released `clip(x, 0, 1)` or PyTorch's hard sigmoid
+    `relu6(x + 3) / 6`. The clip is written `relu6(6 x) / 6`, the same function: int8 keeps a clip's output
+    on its input's scale (TFLite's MINIMUM and MAXIMUM take one scale for inputs and output), and an SE
+    layer's pre-gate values span hundreds, which would leave the gate a handful of levels; RELU6 is fused
+    into fc2, whose int8 output then spans [0, 6]."""
+    if gate == 'clip':
+        return tf.nn.relu6(6. * x) / 6.
+    if gate == 'hard_sigmoid':
+        return tf.nn.relu6(x + 3.) * (1. / 6.)
+    raise ValueError('gate must be clip or hard_sigmoid, got {!r}'.format(gate))
 
 
 @layer_register(log_shape=True)
-def SELayer(x, reduction=4, data_format='NHWC', fold_bn=True, by_parts=True):
-    """Squeeze-and-excitation with the released hard gate `clip(x, 0, 1)`; in inference `by_parts`, on a
-    Ghost module's output, each part is gated apart (see `convolve_by_parts`)."""
+def SELayer(x, reduction=4, reduced_channels=None, gate='clip', data_format='NHWC', fold_bn=True, by_parts=True):
+    """Squeeze-and-excitation to `reduced_channels` (default: the released `int(channels / reduction)`), with
+    `se_gate`; in inference `by_parts`, on a Ghost module's output, each part is gated apart (see
+    `convolve_by_parts`)."""
     channels = int(x.shape[channel_axis(data_format)])
     inference_by_parts = by_parts and fold_bn and not get_current_tower_context().is_training
     parts = channel_parts(x, data_format) if inference_by_parts else [x]
@@ -236,8 +261,8 @@ def SELayer(x, reduction=4, data_format='NHWC', fold_bn=True, by_parts=True):
     squeezed = means[0] if len(parts) == 1 else tf.concat(means, axis)
     # the squeezed means are too small for their concatenation to cost what taking them apart would
     fc_args = dict(bn=False, use_bias=True, data_format=data_format, fold_bn=fold_bn, by_parts=False)
-    hidden = ConvBN('fc1', squeezed, int(channels / reduction), relu=True, **fc_args)
-    gate = hard_gate(ConvBN('fc2', hidden, channels, relu=False, **fc_args))
+    hidden = ConvBN('fc1', squeezed, reduced_channels or int(channels / reduction), relu=True, **fc_args)
+    gate = se_gate(ConvBN('fc2', hidden, channels, relu=False, **fc_args), gate)
     if len(parts) == 1:
         return tf.multiply(x, gate, name='output')
     gates = channel_slices(gate, part_sizes(parts, data_format), data_format)

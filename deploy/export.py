@@ -24,7 +24,8 @@ from tensorpack.utils import logger
 from data import imagenet_classes
 from deploy import agreement
 from deploy.calibration import calibration_and_held_back
-from weights.checkpoint import CheckedInit, CheckpointError, checkpoint_shapes, resolve_checkpoint
+from weights.checkpoint import CheckpointError, checkpoint_shapes, resolve_checkpoint
+from weights.state_dict import is_state_dict, session_init, state_dict_num_classes
 from imagenet_utils import DataError, decode_image
 from myconv2d import BN_EPSILON, ConvBN, DepthConv, SELayer
 
@@ -47,7 +48,10 @@ def load_rgb_batch(paths, model):
 # ---------------------------------------------------------------- the inference network
 
 def checkpoint_num_classes(model_class, checkpoint):
-    """The number of classes of a checkpoint (prefix, log directory or .npz): its classifier bias's length."""
+    """The number of classes of a checkpoint (prefix, log directory, .npz or PyTorch state dict): its
+    classifier bias's length."""
+    if is_state_dict(checkpoint):
+        return state_dict_num_classes(model_class, checkpoint)
     path = resolve_checkpoint(checkpoint)
     classifier_bias = model_class.scope + '/' + model_class.classifier_bias
     shapes = checkpoint_shapes(path)
@@ -94,7 +98,7 @@ def frozen_serving_graph(model, checkpoint, fold_bn=True, outputs=SERVING_OUTPUT
     `dead_channels_constant`, see `hold_dead_channels_constant`); CheckpointError if it does not fit."""
     graph = serving_graph(model, fold_bn)
     with graph.as_default(), tfv1.Session(graph=graph) as sess:
-        CheckedInit(checkpoint).init(sess)
+        session_init(checkpoint, model).init(sess)
         if dead_channels_constant:
             hold_dead_channels_constant(sess)
         return tfv1.graph_util.convert_variables_to_constants(sess, graph.as_graph_def(), list(outputs))
@@ -292,7 +296,7 @@ def predict(model, checkpoint, paths, names=None):
     """
     images = load_rgb_batch(paths, model)[..., ::-1].astype(np.float32)
     predictor = OfflinePredictor(PredictConfig(
-        model=model, session_init=CheckedInit(checkpoint), input_names=['input'], output_names=['prob']))
+        model=model, session_init=session_init(checkpoint, model), input_names=['input'], output_names=['prob']))
     names = names or [str(index) for index in range(model.num_classes)]
     probabilities, = predictor(images)
     return [(path, [(int(c), names[c], float(p[c])) for c in np.argsort(-p)[:5]])

@@ -2,6 +2,7 @@
 import collections
 
 from ghostnet import GhostNet
+from networks.ghostnet_pytorch import GhostNetPyTorch
 from networks.resnet import ResNet50
 from networks.resnet_cifar import ResNet56
 from networks.vgg import VGG16
@@ -27,6 +28,9 @@ ARCHITECTURES = {
     'ghostnet': Architecture(GhostNet, None, IMAGENET, GHOSTNET_RECIPE,
                              'GhostNet on ImageNet, 224x224 (the default; --width_ratio, --se, --dw_code_str, '
                              '--ratio_code_str as released)'),
+    'ghostnet-pytorch': Architecture(GhostNetPyTorch, None, IMAGENET, GHOSTNET_RECIPE,
+                                     'GhostNet as PyTorch and timm build it (ghostnet_050/100/130: --width_ratio '
+                                     '0.5/1.0/1.3); --load takes their .safetensors/.pth state dicts'),
     'resnet50': Architecture(ResNet50, False, IMAGENET, RESNET50_RECIPE, 'ResNet-50 on ImageNet, 224x224'),
     'ghost-resnet50': Architecture(ResNet50, True, IMAGENET, RESNET50_RECIPE,
                                    'Ghost-ResNet-50: every conv but the stem a Ghost module (--ratio, --dw)'),

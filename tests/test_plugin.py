@@ -39,7 +39,8 @@ PAPER = [
     ('ghost-resnet50', 2, 3, 13.0, 2200, 0.05),
     ('ghost-resnet50', 4, 3, 6.5, 1200, 0.05),
 ]
-NEW_ARCHS = [name for name in ARCHITECTURES if name != 'ghostnet']
+# GhostNet's forms are held to their references instead (test_model.py, test_ghostnet_pytorch.py)
+NEW_ARCHS = [name for name in ARCHITECTURES if not name.startswith('ghostnet')]
 SMALL_IMAGENET = 64     # ResNet-50 at 64x64: the plumbing, not the paper's size
 
 
