@@ -52,6 +52,11 @@ class HookedMapDataZMQ(MultiProcessMapDataZMQ):
             self.prepare()
             super().run()
 
+    def reset_state(self):
+        super().reset_state()
+        for proc in self.worker_processes:   # forked: this process's objects of them need not keep the dataflow
+            proc.prepare = None              # alive (it ends its workers when it is collected)
+
     def prepare_worker(self):
         """Runs in each worker process, before its first datapoint."""
 
