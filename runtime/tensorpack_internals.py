@@ -11,7 +11,6 @@ import logging
 import zmq
 from tensorpack.callbacks import InferenceRunner
 from tensorpack.dataflow import MultiProcessMapDataZMQ
-from tensorpack.dataflow.base import DataFlowTerminated
 
 # (owner, name, how it is used): class attributes are looked up, instance attributes found in the
 # owner's source as `self.<name> =`
@@ -21,10 +20,7 @@ PRIVATE_NAMES = (
     (MultiProcessMapDataZMQ, '_recv', 'class attribute: overridden to watch the workers while waiting'),
     (MultiProcessMapDataZMQ, '_procs', 'instance attribute: the worker processes'),
     (MultiProcessMapDataZMQ, 'socket', 'instance attribute: the socket the mapped datapoints arrive on'),
-    (InferenceRunner, '_input_source', 'instance attribute: the input source, reset before a pass'),
     (InferenceRunner, '_hooked_sess', 'instance attribute: the session that runs one batch'),
-    (InferenceRunner, '_size', 'instance attribute: the batches in one pass'),
-    (InferenceRunner, 'infs', 'instance attribute: the inferencers'),
 )
 # what tensorpack's worker logs when the optional python-prctl is missing: the workers here set their
 # death signal themselves (runtime/workers.py), so the warning does not concern the run
@@ -85,23 +81,6 @@ class HookedMapDataZMQ(MultiProcessMapDataZMQ):
         return bool(self.socket.poll(timeout_ms, zmq.POLLIN))
 
 
-def inference_pass(runner):
-    """One pass of an InferenceRunner's input through its hooked session, as a generator: each `next`
-    runs one batch and gives True; the generator ends with the input (however many batches that is)."""
-    runner._input_source.reset_state()
-    while True:
-        try:
-            runner._hooked_sess.run(fetches=[])
-        except (StopIteration, DataFlowTerminated):
-            return
-        yield True
-
-
-def inferencers(runner):
-    """The Inferencers of an InferenceRunner."""
-    return runner.infs
-
-
-def batches_per_pass(runner):
-    """The number of batches an InferenceRunner's input announces for a pass."""
-    return runner._size
+def run_inference_step(runner):
+    """Run one batch of an InferenceRunner's input through its tower, its inferencers and their hooks."""
+    runner._hooked_sess.run(fetches=[])
