@@ -9,16 +9,20 @@ subject once, in turn, so that background load hits them alike):
   eval: decode + resize + crop   the val dataflow alone;
   eval: SavedModel at --batch    the exported SavedModel's serving signature on fixed uint8 batches, over as
                                  many images as --eval sees;
-  eval: --eval at --batch        main.py's evaluation, in this process (main.run_eval), with --load;
+  eval: --eval at --batch        main.py's evaluation with --load, in a process of its own as a user runs
+                                 it (benchmarks/eval_once.py, which writes its result as JSON);
   eval: --eval at batch 256      the same at main.py's default evaluation batch.
 For --eval the rate is its steady one (after the first batch, whose cost, the graph's first run, is reported
 apart). During every timed loop the CPU is sampled from /proc/stat (the idle share of all cores) and
-/proc/<pid>/stat (the share this process and its data workers used).
+/proc/<pid>/stat (the share the measured process and its data workers used).
 Writes OUT.md and OUT.json (default benchmarks/results/bench_pipeline).
 """
 import argparse
+import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -36,6 +40,7 @@ from ghostnet import GhostNet
 from imagenet_utils import get_val_dataflow, list_val_images
 
 tfv1 = tf.compat.v1
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE_CLASSES = 8
 SAMPLE_EVERY = 0.05     # seconds between CPU samples
 CLOCK_TICKS = os.sysconf('SC_CLK_TCK')
@@ -43,18 +48,18 @@ DECODE, SAVED_MODEL = 'eval: decode + resize + crop', 'eval: SavedModel alone'
 
 
 class CPUSampler:
-    """Samples, every SAMPLE_EVERY seconds in a thread, the busy and idle jiffies of all cores and the CPU time
-    of this process and its children: the shares of a time window, afterwards."""
+    """Samples, every SAMPLE_EVERY seconds in a thread, the idle and all jiffies of all cores and the CPU time of
+    this process and its descendants: the shares of a time window, afterwards."""
 
     def __init__(self):
-        self.samples = []     # (perf_counter, idle jiffies, all jiffies, this process and its children's jiffies)
+        self.samples = []     # (perf_counter, idle jiffies, all jiffies, this process tree's jiffies)
         self.running = True
         self.thread = threading.Thread(target=self._sample, daemon=True)
         self.thread.start()
 
     def _sample(self):
         while self.running:
-            self.samples.append((time.perf_counter(),) + system_jiffies() + (process_tree_jiffies(),))
+            self.samples.append((time.perf_counter(),) + system_jiffies() + (process_tree_jiffies(os.getpid()),))
             time.sleep(SAMPLE_EVERY)
 
     def stop(self):
@@ -77,19 +82,25 @@ def system_jiffies():
     return values[3] + values[4], sum(values[:8])
 
 
-def process_tree_jiffies():
-    """User + system jiffies of this process (all its threads) and of its live children (the data workers)."""
-    pids = [os.getpid()] + [int(pid) for task in os.listdir('/proc/self/task')
-                            for pid in open('/proc/self/task/{}/children'.format(task)).read().split()]
-    total = 0
-    for pid in pids:
-        try:
-            with open('/proc/{}/stat'.format(pid)) as f:
-                fields = f.read().rsplit(')', 1)[1].split()
-        except OSError:
-            continue    # ended meanwhile
-        total += int(fields[11]) + int(fields[12])
-    return total
+def process_tree_jiffies(pid):
+    """User + system jiffies of process `pid` (all its threads) and of its live descendants; 0 once it ended."""
+    try:
+        with open('/proc/{}/stat'.format(pid)) as f:
+            fields = f.read().rsplit(')', 1)[1].split()
+        children = [int(child) for task in os.listdir('/proc/{}/task'.format(pid))
+                    for child in read_or_empty('/proc/{}/task/{}/children'.format(pid, task)).split()]
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12]) + sum(process_tree_jiffies(child) for child in children)
+
+
+def read_or_empty(path):
+    """The text of a /proc file, or '' when its task ended meanwhile."""
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ''
 
 
 def export_random_model(workdir, image_size):
@@ -125,15 +136,19 @@ def time_decoding(examples, args, sampler):
     return dict(rate=count / (end - start), shares=sampler.shares(start, end))
 
 
-def time_eval(flags, sampler):
-    """main.run_eval's steady rate, first batch and CPU shares after its first batch."""
-    result = main.run_eval(main.parse_args(flags))
-    steady_start = result.started + result.first_seconds
-    return dict(rate=result.rate, first_seconds=result.first_seconds, first_images=result.first_images,
-                shares=sampler.shares(steady_start, result.started + result.seconds))
+def time_eval(flags, workdir, sampler):
+    """--eval's steady rate, first batch and CPU shares after its first batch, in a process of its own."""
+    out = os.path.join(workdir, 'eval_result.json')
+    subprocess.run([sys.executable, '-m', 'benchmarks.eval_once', out, *flags], cwd=ROOT, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(out) as f:
+        result = json.load(f)
+    steady_start = result['started'] + result['first_seconds']
+    return dict(rate=result['rate'], first_seconds=result['first_seconds'], first_images=result['first_images'],
+                shares=sampler.shares(steady_start, result['started'] + result['seconds']))
 
 
-def subjects(args, data_dir, checkpoint, saved_model, examples):
+def subjects(args, workdir, data_dir, checkpoint, saved_model, examples):
     """{name: call giving a measurement} in the order a round runs them."""
     serve = tf.saved_model.load(saved_model).signatures['serving_default']
     images = tf.constant(random_images(args.batch, args.image_size))
@@ -142,9 +157,10 @@ def subjects(args, data_dir, checkpoint, saved_model, examples):
                   '--workers', str(args.workers)]
     return {
         DECODE: lambda sampler: time_decoding(examples, args, sampler),
-        eval_name(args.batch): lambda sampler: time_eval(eval_flags + ['--batch', str(args.batch)], sampler),
+        eval_name(args.batch): lambda sampler: time_eval(eval_flags + ['--batch', str(args.batch)], workdir,
+                                                                 sampler),
         SAVED_MODEL: lambda sampler: time_saved_model(serve, images, len(examples) // args.batch, sampler),
-        eval_name(main.EVAL_BATCH): lambda sampler: time_eval(eval_flags, sampler),
+        eval_name(main.EVAL_BATCH): lambda sampler: time_eval(eval_flags, workdir, sampler),
     }
 
 
@@ -159,7 +175,7 @@ def measure(args, workdir):
                          val_per_class=max(args.images // SAMPLE_CLASSES, 1), image_size=400, metadata_classes=1000)
     examples = list_val_images(data_dir, os.path.join(data_dir, 'caffe_ilsvrc12'))
     checkpoint, saved_model = export_random_model(workdir, args.image_size)
-    calls = subjects(args, data_dir, checkpoint, saved_model, examples)
+    calls = subjects(args, workdir, data_dir, checkpoint, saved_model, examples)
     rounds = {name: [] for name in calls}
     sampler = CPUSampler()
     for number in range(args.rounds):
@@ -190,7 +206,7 @@ def markdown(report):
              'GhostNet 1.0x (random weights) at {0}x{0}; {1} JPEGs with shorter sides of about 300-500 px; {2} '
              'decoding workers; {3} interleaved rounds (each runs every subject once, in turn). Rates in images/s; '
              'idle: share of all cores idle during the timed loop (/proc/stat: other processes on the machine count '
-             'as busy); own CPU: share of all cores this process and its data workers used.'.format(
+             'as busy); own CPU: share of all cores the measured process and its data workers used.'.format(
                  report['image_size'], report['images'], report['workers'], report['rounds']), '',
              '| subject | best | median | lowest | x SavedModel (best / median) | idle | own CPU | first batch |',
              '|---|---|---|---|---|---|---|---|']
