@@ -1,4 +1,5 @@
 """ImageNet for tensorpack: the model base class (preprocessing, loss, errors), data and evaluation."""
+import collections
 import concurrent.futures
 import functools
 import os
@@ -12,11 +13,12 @@ import tensorflow as tf
 from tensorpack import ModelDesc
 from tensorpack.dataflow import BatchData, DataFromList, MapData, imgaug
 from tensorpack.models import regularize_cost
-from tensorpack.predict import MultiTowerOfflinePredictor, OfflinePredictor, PredictConfig
+from tensorpack.tfutils import get_default_sess_config
 from tensorpack.tfutils.summary import add_moving_summary
-from tensorpack.tfutils.tower import get_current_tower_context
+from tensorpack.tfutils.tower import PredictTowerContext, TowerFunc, get_current_tower_context
 from tensorpack.utils.utils import get_tqdm
 
+from runtime.staged_input import StagedBatches
 from runtime.workers import OrderedWatchedMapData, WatchedMapData, WorkerDied
 
 tfv1 = tf.compat.v1
@@ -24,6 +26,7 @@ tfv1 = tf.compat.v1
 # ImageNet statistics in RGB order; applied in the channel order of the network's first conv.
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
+EVAL_BATCH = 256     # evaluation's default total batch
 
 
 def in_order(values_rgb, order):
@@ -340,50 +343,124 @@ def get_val_dataflow(examples, batch_size, image_size=224, workers=None, bad_ima
     return BatchData(df, batch_size, remainder=True)
 
 
-def batch_predictors(config, num_towers=1):
-    """One predictor of `config` per tower (GPU)."""
-    if num_towers > 1:
-        return MultiTowerOfflinePredictor(config, list(range(num_towers))).get_predictors()
-    return [OfflinePredictor(config)]
+def tower_devices(num_towers, gpus):
+    """One device per tower: the GPUs' when there are GPUs, else the CPU (one tower)."""
+    return ['/gpu:{}'.format(k) for k in range(num_towers)] if gpus else ['/cpu:0']
 
 
-def evaluate(model, session_init, dataflow, num_towers=1):
-    """Top-1 and top-5 error of `model` on `dataflow`: (top1, top5, number of images, seconds).
+def evaluation_session_config():
+    """tensorpack's session defaults, but every core for one op (its default of 1 leaves a core idle when the
+    network has no parallel branch to run)."""
+    config = get_default_sess_config()
+    config.intra_op_parallelism_threads = 0
+    return config
 
-    With several towers (one per GPU), each tower runs the batches it takes from the dataflow.
+
+class EvaluationResult(collections.namedtuple('EvaluationResult', 'top1 top5 images started seconds '
+                                                                  'first_images first_seconds tower_batches')):
+    """Top-1 and top-5 error over `images`, evaluated in `seconds` from `started` (time.perf_counter); the first
+    batch of every tower (the graph's first run: optimization and kernel creation) took `first_seconds` for
+    `first_images` of them; each tower ran its number of `tower_batches`."""
+
+    @property
+    def rate(self):
+        """Images per second after the first batches, or None when there was nothing after them."""
+        if self.images == self.first_images:
+            return None
+        return (self.images - self.first_images) / (self.seconds - self.first_seconds)
+
+
+def evaluate(model, session_init, dataflow, devices=('/cpu:0',), session_config=None):
+    """Top-1 and top-5 error of `model` on `dataflow` (batches [uint8 images, labels]): an EvaluationResult.
+
+    One tower per device; the decoded batches wait in a queue inside the graph (runtime.staged_input), and each
+    tower takes the next one as soon as it is done with its own.
     """
-    config = PredictConfig(model=model, session_init=session_init, input_names=['input', 'label'],
-                           output_names=['wrong-top1', 'wrong-top5'])
-    predictors = batch_predictors(config, num_towers)
-    dataflow.reset_state()
-    batches, lock = iter(dataflow), threading.Lock()
-    totals = np.zeros(3)    # wrong top-1, wrong top-5, images
-    start = time.perf_counter()
-    with get_tqdm(total=len(dataflow), desc='Evaluating', unit='batch') as bar, \
-            concurrent.futures.ThreadPoolExecutor(len(predictors)) as pool:
-        towers = [pool.submit(_run_tower, p, batches, lock, totals, bar) for p in predictors]
+    with tf.Graph().as_default():
+        staged = StagedBatches(dataflow)
+        tower_errors = build_towers(model, staged, devices)
+        session = tfv1.Session(config=session_config or evaluation_session_config())
         try:
+            session.run([tfv1.global_variables_initializer(), tfv1.local_variables_initializer()])
+            if session_init is not None:
+                session_init.init(session)
+            dataflow.reset_state()
+            return run_towers(session, staged, tower_errors)
+        finally:
+            session.close()
+
+
+def build_towers(model, staged, devices):
+    """[wrong-top1, wrong-top5] of one inference tower of `model` per device, on batches of `staged`."""
+    tower_func = TowerFunc(model.build_graph, model.get_input_signature())
+    staged.setup(model.get_input_signature())
+    errors = []
+    for index, device in enumerate(devices):
+        with tfv1.variable_scope(tfv1.get_variable_scope(), reuse=index > 0), tf.device(device), \
+                PredictTowerContext('tower{}'.format(index) if len(devices) > 1 else ''):
+            tower_func(*staged.get_input_tensors())
+            errors.append(tower_func.towers[-1].get_tensors(['wrong-top1', 'wrong-top5']))
+    return errors
+
+
+def run_towers(session, staged, tower_errors):
+    """Run every tower, each in a thread of its own, on the staged batches of one pass: an EvaluationResult."""
+    with get_tqdm(total=staged.size(), desc='Evaluating', unit='batch') as bar, \
+            concurrent.futures.ThreadPoolExecutor(len(tower_errors)) as pool:
+        tally = Tally(len(tower_errors), bar)
+        staged.start_pass(session)
+        try:
+            towers = [pool.submit(_run_tower, staged, session.make_callable(errors), tally, index)
+                      for index, errors in enumerate(tower_errors)]
             for tower in towers:
                 tower.result()
+        finally:
+            staged.stop(session)     # the pass is fed; or a tower failed, and the feeding stops
+        try:
+            staged.end_pass()
         except WorkerDied as e:
             raise DataError('evaluation stopped: {}'.format(e)) from None
-    seconds = time.perf_counter() - start
-    if not totals[2]:
-        raise DataError('no image could be evaluated')
-    return float(totals[0] / totals[2]), float(totals[1] / totals[2]), int(totals[2]), seconds
+    return tally.result()
 
 
-def _run_tower(predictor, batches, lock, totals, bar):
-    """Feed `predictor` batches from the shared iterator; add its errors and images to `totals`."""
-    while True:
-        with lock:
-            batch = next(batches, None)
-        if batch is None:
-            return
-        images, labels = batch
-        wrong1, wrong5 = predictor(images, labels)
-        with lock:
-            totals += (wrong1.sum(), wrong5.sum(), len(labels))
-            bar.update()
+def _run_tower(staged, run, tally, tower):
+    """Run a tower (number `tower`) on the staged batches until the pass has no more; tally its errors."""
+    while staged.take_batch():
+        wrong1, wrong5 = run()
+        tally.add(tower, wrong1.sum(), wrong5.sum(), len(wrong1))
+    tally.add(tower, 0, 0, 0)     # none left (a tower that got no batch is past its first one too)
 
 
+class Tally:
+    """Errors and images of the towers' batches as they finish (counted on `bar`); the first batch of every
+    tower apart."""
+
+    def __init__(self, num_towers, bar):
+        self.bar = bar
+        self.lock = threading.Lock()
+        self.start = time.perf_counter()
+        self.totals = np.zeros(3)     # wrong top-1, wrong top-5, images
+        self.tower_batches = [0] * num_towers
+        self.towers_starting = set(range(num_towers))
+        self.first_images, self.first_seconds = 0, None
+
+    def add(self, tower, wrong1, wrong5, images):
+        with self.lock:
+            self.totals += (wrong1, wrong5, images)
+            if images:
+                self.tower_batches[tower] += 1
+                self.bar.update()
+            if self.towers_starting:
+                self.towers_starting.discard(tower)
+                if not self.towers_starting:
+                    self.first_images, self.first_seconds = int(self.totals[2]), self.elapsed()
+
+    def elapsed(self):
+        return time.perf_counter() - self.start
+
+    def result(self):
+        wrong1, wrong5, images = self.totals
+        if not images:
+            raise DataError('no image could be evaluated')
+        return EvaluationResult(float(wrong1 / images), float(wrong5 / images), int(images), self.start,
+                                self.elapsed(), self.first_images, self.first_seconds, tuple(self.tower_batches))

@@ -41,13 +41,12 @@ from runtime.preemption import SaveAndStop, StopRequest, signals_request_stop
 from weights.resume import ResumeInit
 from weights.state_dict import session_init
 from runtime.workers import WatchIdleWorkers, watch_workers
-from imagenet_utils import (DataError, evaluate, get_train_dataflow, get_val_dataflow, list_train_images,
-                            list_val_images, read_synsets)
+from imagenet_utils import (EVAL_BATCH, DataError, evaluate, get_train_dataflow, get_val_dataflow,
+                            list_train_images, list_val_images, read_synsets, tower_devices)
 from networks import ARCHITECTURES, CIFAR10, DATASET_CLASSES, build_model
 from data.samples import DEMO_DEFAULTS, DEMO_DIR, write_sample_dataset
 
 
-EVAL_BATCH = 256
 # exit statuses: 0 done, 1 an error (one `error: ...` line), 2 bad flags (argparse),
 # STOPPED when a signal stopped training after saving a checkpoint (EX_TEMPFAIL: run it again)
 STOPPED = 75
@@ -275,7 +274,8 @@ def get_eval_data(args, batch_size, bad_images):
 
 
 def run_eval(args):
-    """Top-1/top-5 error on the evaluation images; the last two lines printed are the released format."""
+    """Top-1/top-5 error on the evaluation images (an EvaluationResult); the last two lines printed are the
+    released format, the one before them the time and rate."""
     towers = num_towers(args)
     bad_images = [] if args.skip_bad_images else None
     dataflow, num_images, num_classes = get_eval_data(args, max(args.batch // towers, 1), bad_images)
@@ -287,15 +287,26 @@ def run_eval(args):
         logger.warn('No --load given: evaluating randomly initialized weights.')
     logger.info('Evaluating {} on {} images of {} classes from {} on {} tower(s).'.format(
         args.arch, num_images, num_classes, args.data_dir, towers))
-    top1, top5, count, seconds = evaluate(model, weights, dataflow, towers)
+    devices = tower_devices(towers, tf.config.list_physical_devices('GPU'))
+    result = evaluate(model, weights, dataflow, devices)
     del dataflow
-    gc.collect()    # its worker processes end now (tensorpack says so), not after the results
+    gc.collect()    # its worker processes end now, not after the results
     if bad_images:
         print('Skipped {} images that could not be decoded: {}'.format(
             len(bad_images), ', '.join(sorted(bad_images))))
-    print('Evaluated {} images in {:.1f} s ({:.1f} images/s)'.format(count, seconds, count / seconds))
-    print('Top1 Error: {}'.format(top1))
-    print('Top5 Error: {}'.format(top5))
+    print(evaluation_time(result))
+    print('Top1 Error: {}'.format(result.top1))
+    print('Top5 Error: {}'.format(result.top5))
+    return result
+
+
+def evaluation_time(result):
+    """'Evaluated N images in T s: R images/s after the first batch (B images in F s: the graph's first run)'."""
+    line = 'Evaluated {} images in {:.1f} s'.format(result.images, result.seconds)
+    first = '{} images in {:.2f} s'.format(result.first_images, result.first_seconds)
+    if result.rate is None:
+        return '{} (all in the first batch: the graph\'s first run)'.format(line)
+    return '{}: {:.1f} images/s after the first batch ({}: the graph\'s first run)'.format(line, result.rate, first)
 
 
 def get_trainer(args, towers):

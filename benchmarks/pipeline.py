@@ -1,186 +1,254 @@
 #!/usr/bin/env python
-"""Where the time goes in evaluation and training on this machine: the data pipeline or the model.
+"""`main.py --eval` end to end against the network alone, on this machine, in one run so the numbers compare.
 
-    python -m benchmarks.pipeline [--width_ratio 1.0] [--image_size 224] [--batch 32]
+    python -m benchmarks.pipeline [--images 2048] [--rounds 5] [--batch 32] [--workers N]
 
-Writes a sample of ImageNet-sized JPEGs (shorter side about 300-500 px) to a temporary folder and
-measures, in images per second:
-  evaluation: decoding + resizing alone (the val dataflow), the model alone (fixed batches of the
-              tensorpack graph in inference mode, and of the exported SavedModel), and
-              `main.py --eval` end to end;
-  training:   decoding + augmenting alone (the training dataflow), a training step alone
-              (`main.py --fake`), and training on the JPEGs (`main.py --data_dir`).
+Writes a sample of ImageNet-sized JPEGs (shorter sides of about 300-500 px) to a temporary folder, exports a
+randomly initialized GhostNet 1.0x as a SavedModel, then times in interleaved rounds (each round runs every
+subject once, in turn, so that background load hits them alike):
+  eval: decode + resize + crop   the val dataflow alone;
+  eval: SavedModel at --batch    the exported SavedModel's serving signature on fixed uint8 batches, over as
+                                 many images as --eval sees;
+  eval: --eval at --batch        main.py's evaluation with --load, in a process of its own as a user runs
+                                 it (benchmarks/eval_once.py, which writes its result as JSON);
+  eval: --eval at batch 256      the same at main.py's default evaluation batch.
+For --eval the rate is its steady one (after the first batch, whose cost, the graph's first run, is reported
+apart). During every timed loop the CPU is sampled from /proc/stat (the idle share of all cores) and
+/proc/<pid>/stat (the share the measured process and its data workers used).
+Writes OUT.md and OUT.json (default benchmarks/results/bench_pipeline).
 """
 import argparse
 import json
 import os
-import re
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import compat  # noqa: F401  (must come before TensorFlow)
-import numpy as np
 import tensorflow as tf
-from tensorpack.predict import PredictConfig
 from tensorpack.tfutils.tower import TowerContext
+from tensorpack.utils import logger
 
-from deploy import export
+from benchmarks.harness import hold_every_kernel, machine, random_images, result_path, write_report
+from imagenet_utils import EVAL_BATCH
 from runtime.command_line import FlagParser
-from benchmarks.harness import machine, result_path, write_report
-from ghostnet import GhostNet
-from runtime.callbacks import BadImageLog
-from imagenet_utils import batch_predictors, get_train_dataflow, get_val_dataflow, list_train_images, list_val_images
 from data.samples import write_sample_dataset
+from deploy import export
+from ghostnet import GhostNet
+from imagenet_utils import get_val_dataflow, list_val_images
 
+tfv1 = tf.compat.v1
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE_CLASSES = 8
-tfv1 = tf.compat.v1
-UNIT_SECONDS = {'day': 86400, 'hour': 3600, 'minute': 60, 'second': 1}  # tensorpack: "1 minute 3 seconds"
+SAMPLE_EVERY = 0.05     # seconds between CPU samples
+CLOCK_TICKS = os.sysconf('SC_CLK_TCK')
+DECODE, SAVED_MODEL = 'eval: decode + resize + crop', 'eval: SavedModel alone'
 
 
-def images_per_second(dataflow, batches):
-    """Rate at which `dataflow` yields images, over `batches` batches after a first warm-up one."""
-    dataflow.reset_state()
-    iterator = iter(dataflow)
-    next(iterator)
-    start, count = time.perf_counter(), 0
-    for _ in range(batches):
-        count += len(next(iterator)[1])
-    return count / (time.perf_counter() - start)
+class CPUSampler:
+    """Samples, every SAMPLE_EVERY seconds in a thread, the idle and all jiffies of all cores and the CPU time of
+    this process and its descendants: the shares of a time window, afterwards."""
+
+    def __init__(self):
+        self.samples = []     # (perf_counter, idle jiffies, all jiffies, this process tree's jiffies)
+        self.running = True
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+
+    def _sample(self):
+        while self.running:
+            self.samples.append((time.perf_counter(),) + system_jiffies() + (process_tree_jiffies(os.getpid()),))
+            time.sleep(SAMPLE_EVERY)
+
+    def stop(self):
+        self.running = False
+        self.thread.join()
+
+    def shares(self, start, end):
+        """(idle share of all cores, share of all cores this process tree used) between two perf_counter times."""
+        inside = [s for s in self.samples if start <= s[0] <= end]
+        if len(inside) < 2:
+            return float('nan'), float('nan')
+        (t0, idle0, all0, own0), (t1, idle1, all1, own1) = inside[0], inside[-1]
+        return (idle1 - idle0) / (all1 - all0), (own1 - own0) / CLOCK_TICKS / ((t1 - t0) * os.cpu_count())
 
 
-def model_rate(args, batches):
-    """Inference images per second of the tensorpack graph `--eval` runs, on fixed uint8 batches."""
-    model = GhostNet(num_classes=1000, width=args.width_ratio, image_shape=args.image_size)
-    predictor, = batch_predictors(PredictConfig(model=model, input_names=['input'], output_names=['prob']))
-    images = np.random.RandomState(0).randint(0, 256, (args.batch, args.image_size, args.image_size, 3))
-    images = images.astype(np.float32)
-    predictor(images)
-    start = time.perf_counter()
-    for _ in range(batches):
-        predictor(images)
-    return batches * args.batch / (time.perf_counter() - start)
+def system_jiffies():
+    """(idle + iowait, all) jiffies of the `cpu` line of /proc/stat."""
+    with open('/proc/stat') as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    return values[3] + values[4], sum(values[:8])
 
 
-def saved_model_rate(args, workdir, batches):
-    """Images per second of the exported SavedModel's serving signature on fixed uint8 batches."""
-    model = GhostNet(num_classes=1000, width=args.width_ratio, image_shape=args.image_size)
+def process_tree_jiffies(pid):
+    """User + system jiffies of process `pid` (all its threads) and of its live descendants; 0 once it ended."""
+    try:
+        with open('/proc/{}/stat'.format(pid)) as f:
+            fields = f.read().rsplit(')', 1)[1].split()
+        children = [int(child) for task in os.listdir('/proc/{}/task'.format(pid))
+                    for child in read_or_empty('/proc/{}/task/{}/children'.format(pid, task)).split()]
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12]) + sum(process_tree_jiffies(child) for child in children)
+
+
+def read_or_empty(path):
+    """The text of a /proc file, or '' when its task ended meanwhile."""
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ''
+
+
+def export_random_model(workdir, image_size):
+    """(checkpoint prefix, SavedModel directory) of a randomly initialized GhostNet 1.0x."""
+    model = GhostNet(num_classes=1000, image_shape=image_size)
     with tf.Graph().as_default(), tfv1.Session() as sess:
-        build = [tfv1.placeholder(spec.dtype, spec.shape, spec.name) for spec in model.get_input_signature()]
+        inputs = [tfv1.placeholder(spec.dtype, spec.shape, spec.name) for spec in model.get_input_signature()]
         with TowerContext('', is_training=False):
-            model.build_graph(*build)
+            model.build_graph(*inputs)
         sess.run(tfv1.global_variables_initializer())
         checkpoint = tfv1.train.Saver().save(sess, os.path.join(workdir, 'model'))
-    directory = export.export_saved_model(model, checkpoint, os.path.join(workdir, 'saved_model'))
-    serve = tf.saved_model.load(directory).signatures['serving_default']
-    images = tf.constant(np.random.RandomState(0).randint(0, 256, (args.batch, args.image_size,
-                                                                   args.image_size, 3), dtype=np.uint8))
-    serve(images=images)
+    return checkpoint, export.export_saved_model(model, checkpoint, os.path.join(workdir, 'saved_model'))
+
+
+def time_saved_model(serve, images, batches, sampler):
+    """(images per second, CPU shares) of the serving signature on `batches` runs of the same batch."""
     start = time.perf_counter()
     for _ in range(batches):
         serve(images=images)
-    return batches * args.batch / (time.perf_counter() - start)
+    end = time.perf_counter()
+    return dict(rate=batches * len(images) / (end - start), shares=sampler.shares(start, end))
 
 
-def run_main(*flags):
-    """main.py's output (stdout and stderr), which must succeed."""
-    run = subprocess.run([sys.executable, os.path.join(ROOT, 'main.py'), *flags], cwd=ROOT,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    if run.returncode:
-        sys.exit('main.py {} failed:\n{}'.format(' '.join(flags), run.stdout[-3000:]))
-    return run.stdout
+def time_decoding(examples, args, sampler):
+    """(images per second, CPU shares) of the val dataflow alone over every example."""
+    dataflow = get_val_dataflow(examples, args.batch, args.image_size, args.workers)
+    dataflow.reset_state()
+    start, count = time.perf_counter(), 0
+    for _, labels in dataflow:
+        count += len(labels)
+    end = time.perf_counter()
+    del dataflow
+    return dict(rate=count / (end - start), shares=sampler.shares(start, end))
 
 
-def eval_end_to_end(args, data_dir):
-    """`main.py --eval` images per second, as it reports them."""
-    output = run_main('--eval', '--data_dir', data_dir, *model_flags(args))
-    return float(re.search(r'Evaluated \d+ images in [\d.]+ s \(([\d.]+) images/s\)', output).group(1))
+def time_eval(flags, workdir, sampler):
+    """--eval's steady rate, first batch and CPU shares after its first batch, in a process of its own."""
+    out = os.path.join(workdir, 'eval_result.json')
+    subprocess.run([sys.executable, '-m', 'benchmarks.eval_once', out, *flags], cwd=ROOT, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(out) as f:
+        result = json.load(f)
+    steady_start = result['started'] + result['first_seconds']
+    return dict(rate=result['rate'], first_seconds=result['first_seconds'], first_images=result['first_images'],
+                shares=sampler.shares(steady_start, result['started'] + result['seconds']))
 
 
-def training_rate(args, logdir, *data_flags):
-    """Training images per second in the second of two epochs (the first warms up)."""
-    output = run_main(*data_flags, '--logdir', logdir, '--epochs', '2', '--steps_per_epoch',
-                      str(args.train_steps), '--val_every', '1000', *model_flags(args))
-    duration = re.findall(r'Epoch 2 \(global_step \d+\) finished, time:(.*)\.$', output, re.M)[-1]
-    seconds = sum(float(value) * UNIT_SECONDS[unit]
-                  for value, unit in re.findall(r'([\d.]+) (day|hour|minute|second)', duration))
-    with open(os.path.join(logdir, 'stats.json')) as f:
-        queue = json.load(f)[-1].get('QueueInput/queue_size')
-    return args.train_steps * args.batch / seconds, queue
+def subjects(args, workdir, data_dir, checkpoint, saved_model, examples):
+    """{name: call giving a measurement} in the order a round runs them."""
+    serve = tf.saved_model.load(saved_model).signatures['serving_default']
+    images = tf.constant(random_images(args.batch, args.image_size))
+    serve(images=images)    # its first run: graph optimization and kernel creation
+    eval_flags = ['--eval', '--data_dir', data_dir, '--load', checkpoint, '--image_size', str(args.image_size),
+                  '--workers', str(args.workers)]
+    return {
+        DECODE: lambda sampler: time_decoding(examples, args, sampler),
+        eval_name(args.batch): lambda sampler: time_eval(eval_flags + ['--batch', str(args.batch)], workdir,
+                                                                 sampler),
+        SAVED_MODEL: lambda sampler: time_saved_model(serve, images, len(examples) // args.batch, sampler),
+        eval_name(EVAL_BATCH): lambda sampler: time_eval(eval_flags, workdir, sampler),
+    }
 
 
-def model_flags(args):
-    return ['--width_ratio', str(args.width_ratio), '--image_size', str(args.image_size),
-            '--batch', str(args.batch), '--workers', str(args.workers)]
+def eval_name(batch):
+    return 'eval: --eval end to end at batch {}'.format(batch)
 
 
 def measure(args, workdir):
-    """{measurement: images per second} for evaluation and training."""
+    """{subject: [measurement per round]}."""
     data_dir = os.path.join(workdir, 'data')
-    per_class = max(args.images // SAMPLE_CLASSES, 1)
-    write_sample_dataset(data_dir, num_classes=SAMPLE_CLASSES, train_per_class=per_class,
-                         val_per_class=per_class, image_size=400)
-    meta_dir = os.path.join(data_dir, 'caffe_ilsvrc12')
-    batches = max(args.images // args.batch - 1, 1)
-    val = get_val_dataflow(list_val_images(data_dir, meta_dir), args.batch, args.image_size, args.workers)
-    train = get_train_dataflow(list_train_images(data_dir, meta_dir), args.batch, BadImageLog(),
-                               args.image_size, workers=args.workers)
-    results = {
-        'eval: decode + resize + crop': images_per_second(val, batches),
-        'eval: model alone (tensorpack graph)': model_rate(args, batches),
-        'eval: model alone (exported SavedModel)': saved_model_rate(args, workdir, batches),
-        'eval: main.py --eval end to end': eval_end_to_end(args, data_dir),
-        'train: decode + augment': images_per_second(train, batches),
-    }
-    results['train: step alone (--fake)'], fake_queue = training_rate(
-        args, os.path.join(workdir, 'fake'), '--fake')
-    results['train: on JPEGs'], jpeg_queue = training_rate(
-        args, os.path.join(workdir, 'jpeg'), '--data_dir', data_dir)
-    return results, {'fake': fake_queue, 'jpeg': jpeg_queue}
+    write_sample_dataset(data_dir, num_classes=SAMPLE_CLASSES, train_per_class=1,
+                         val_per_class=max(args.images // SAMPLE_CLASSES, 1), image_size=400, metadata_classes=1000)
+    examples = list_val_images(data_dir, os.path.join(data_dir, 'caffe_ilsvrc12'))
+    checkpoint, saved_model = export_random_model(workdir, args.image_size)
+    calls = subjects(args, workdir, data_dir, checkpoint, saved_model, examples)
+    rounds = {name: [] for name in calls}
+    sampler = CPUSampler()
+    for number in range(args.rounds):
+        for name, call in calls.items():
+            rounds[name].append(call(sampler))
+        logger.info('Round {}/{} done'.format(number + 1, args.rounds))
+    sampler.stop()
+    return rounds
+
+
+def summary(rounds):
+    """{subject: best, median, min and max rate over the rounds, and the round with the best rate's figures}."""
+    result = {}
+    for name, measurements in rounds.items():
+        rates = [m['rate'] for m in measurements]
+        best = max(measurements, key=lambda m: m['rate'])
+        result[name] = dict(best=best['rate'], median=statistics.median(rates), low=min(rates), high=max(rates),
+                            idle=best['shares'][0], own_cpu=best['shares'][1],
+                            first_seconds=best.get('first_seconds'), first_images=best.get('first_images'))
+    return result
 
 
 def markdown(report):
-    host = report['machine']
-    lines = ['# Evaluation and training pipeline', '',
+    host, figures = report['machine'], report['summary']
+    saved = figures[SAVED_MODEL]
+    lines = ['# `--eval` end to end against the network alone', '',
              'Machine: {cpu}, {usable_cores} cores, {gpus} GPUs; TensorFlow {tensorflow}.'.format(**host),
-             'GhostNet {}x at {}x{}, batch {}, {} decoding workers; JPEGs with shorter sides of about '
-             '300-500 px.'.format(report['width'], report['image_size'], report['image_size'],
-                                  report['batch'], report['workers']), '',
-             '| measurement | images/s |', '|---|---|']
-    lines += ['| {} | {:.1f} |'.format(name, rate) for name, rate in report['results'].items()]
-    results = report['results']
-    lines += ['', '`--eval` end to end runs at {:.2f}x the exported SavedModel alone (must: at least 0.7x).'.format(
-        results['eval: main.py --eval end to end'] / results['eval: model alone (exported SavedModel)'])]
-    lines += ['', 'Training input queue (of 50) at the end: --fake {:.0f}, JPEGs {:.0f}: a queue that '
-                  'stays near empty means the step waits for data.'.format(
-                      *(report['queue'][k] for k in ('fake', 'jpeg')))]
+             'GhostNet 1.0x (random weights) at {0}x{0}; {1} JPEGs with shorter sides of about 300-500 px; {2} '
+             'decoding workers; {3} interleaved rounds (each runs every subject once, in turn). Rates in images/s; '
+             'idle: share of all cores idle during the timed loop (/proc/stat: other processes on the machine count '
+             'as busy); own CPU: share of all cores the measured process and its data workers used.'.format(
+                 report['image_size'], report['images'], report['workers'], report['rounds']), '',
+             '| subject | best | median | lowest | x SavedModel (best / median) | idle | own CPU | first batch |',
+             '|---|---|---|---|---|---|---|---|']
+    for name, f in figures.items():
+        first = '{} images in {:.2f} s'.format(f['first_images'], f['first_seconds']) if f['first_seconds'] else '-'
+        lines.append('| {} | {:.1f} | {:.1f} | {:.1f} | {:.2f} / {:.2f} | {:.0%} | {:.0%} | {} |'.format(
+            name, f['best'], f['median'], f['low'], f['best'] / saved['best'], f['median'] / saved['median'],
+            f['idle'], f['own_cpu'], first))
+    lines += ['', 'Each figure of a subject is from its best round; the --eval rates leave out the first batch (the '
+                  'graph\'s first run: graph optimization and kernel creation, and the pipeline filling), which the '
+                  'last column gives. Must: at least 0.8x the SavedModel at both batches; goal 0.9x, at most 10% '
+                  'idle.']
     return '\n'.join(lines) + '\n'
 
 
 def parse_args(argv=None):
-    parser = FlagParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--width_ratio', type=float, default=1.0)
+    parser = FlagParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--image_size', type=int, default=224)
     parser.add_argument('--batch', type=int, default=32)
     parser.add_argument('--workers', type=int, default=os.cpu_count() or 1)
-    parser.add_argument('--images', type=int, default=1024, help='JPEGs written per split')
-    parser.add_argument('--train_steps', type=int, default=8, help='timed training steps')
+    parser.add_argument('--images', type=int, default=2048, help='JPEGs evaluated in every run')
+    parser.add_argument('--rounds', type=int, default=5, help='interleaved rounds')
     parser.add_argument('--out', default=result_path('bench_pipeline'), help='writes OUT.md and OUT.json')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.images < 2 * EVAL_BATCH:
+        parser.error('--images must be at least {}: two batches at --eval\'s default batch'.format(
+            2 * EVAL_BATCH))
+    return args
 
 
-def main(argv=None):
+def run_benchmark(argv=None):
     args = parse_args(argv)
+    hold_every_kernel()
     with tempfile.TemporaryDirectory() as workdir:
-        results, queue = measure(args, workdir)
-    report = dict(machine=machine(), width=args.width_ratio, image_size=args.image_size,
-                  batch=args.batch, workers=args.workers, results=results, queue=queue)
-    write_report(report, args.out, markdown(report))
-    print(markdown(report))
+        rounds = measure(args, workdir)
+    report = dict(machine=machine(), image_size=args.image_size, images=args.images, batch=args.batch,
+                  workers=args.workers, rounds=args.rounds, measurements=rounds, summary=summary(rounds))
+    text = markdown(report)
+    write_report(report, args.out, text)
+    print(text)
 
 
 if __name__ == '__main__':
-    main()
+    run_benchmark()

@@ -1,1 +1,2 @@
-"""What keeps a run going: training callbacks, stopping on signals, watched data workers, tensorpack internals."""
+"""What keeps a run going: training callbacks, stopping on signals, watched data workers, inference input
+staged in the graph, tensorpack internals."""

@@ -1,5 +1,6 @@
 """Training callbacks: the learning-rate schedules, the NaN stop, the bad-image log, where a run resumes."""
 import math
+import time
 
 import compat  # noqa: F401  (must come before TensorFlow)
 import numpy as np
@@ -10,6 +11,7 @@ from tensorpack.utils import logger
 from tensorpack.utils.utils import get_tqdm
 
 from runtime import tensorpack_internals as internals
+from runtime.staged_input import StagedBatches
 
 tfv1 = tf.compat.v1
 
@@ -109,26 +111,38 @@ class StopOnNonFiniteLoss(Callback):
 
 
 class Validation(InferenceRunner):
-    """An InferenceRunner on one tower that runs until its dataflow ends (skipped images may leave fewer
-    batches than its length), and that gives up between two batches, without statistics, once
-    `should_stop()` is true (a signal or a dead data worker: training then saves and stops)."""
+    """An InferenceRunner on one tower fed as evaluation is (runtime.staged_input: decoded batches wait in a
+    queue inside the graph), that runs until its dataflow ends (skipped images may leave fewer batches than its
+    length), records how long the pass took (`validation_seconds`), and gives up between two batches, without
+    statistics, once `should_stop()` is true (a signal or a dead data worker: training then saves and stops)."""
 
     def __init__(self, dataflow, inferencers, should_stop):
-        super().__init__(dataflow, inferencers)
-        self.should_stop = should_stop
+        self.staged = StagedBatches(dataflow)
+        super().__init__(self.staged, inferencers)
+        self.dataflow, self.inferencers, self.should_stop = dataflow, inferencers, should_stop
+
+    def _setup_graph(self):
+        super()._setup_graph()
+        self.dataflow.reset_state()     # its workers start now; every pass iterates it anew
 
     def _trigger(self):
-        for inferencer in internals.inferencers(self):
+        for inferencer in self.inferencers:
             inferencer.before_epoch()
-        batches, done, total = internals.inference_pass(self), 0, internals.batches_per_pass(self)
-        with get_tqdm(total=total, desc='Validation', unit='batch') as bar:
-            while not self.should_stop() and next(batches, False):
+        start, done = time.perf_counter(), 0
+        self.staged.start_pass(self.trainer.sess)
+        with get_tqdm(total=self.staged.size(), desc='Validation', unit='batch') as bar:
+            while not self.should_stop() and self.staged.take_batch():
+                internals.run_inference_step(self)
                 done += 1
                 bar.update()
         if self.should_stop():
-            logger.warn('Validation given up after {} of {} batches: training is stopping.'.format(done, total))
+            self.staged.stop(self.trainer.sess)
+            logger.warn('Validation given up after {} of {} batches: training is stopping.'.format(
+                done, self.staged.size()))
             return
-        for inferencer in internals.inferencers(self):
+        self.staged.end_pass()
+        self.trainer.monitors.put_scalar('validation_seconds', time.perf_counter() - start)
+        for inferencer in self.inferencers:
             inferencer.trigger_epoch()
 
 

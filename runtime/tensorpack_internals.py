@@ -9,7 +9,6 @@ breaking a data worker or a validation silently.
 import zmq
 from tensorpack.callbacks import InferenceRunner
 from tensorpack.dataflow import MultiProcessMapDataZMQ
-from tensorpack.dataflow.base import DataFlowTerminated
 
 # (owner, name, how it is used): class attributes are looked up, instance attributes found in the
 # owner's source as `self.<name> =`
@@ -21,11 +20,10 @@ PRIVATE_NAMES = (
     (MultiProcessMapDataZMQ, 'socket', 'instance attribute: the socket the mapped datapoints arrive on'),
     (MultiProcessMapDataZMQ, 'context', 'instance attribute: the ZMQ context of that socket'),
     (MultiProcessMapDataZMQ, '_reset_done', 'instance attribute: whether the workers were started'),
-    (InferenceRunner, '_input_source', 'instance attribute: the input source, reset before a pass'),
     (InferenceRunner, '_hooked_sess', 'instance attribute: the session that runs one batch'),
-    (InferenceRunner, '_size', 'instance attribute: the batches in one pass'),
-    (InferenceRunner, 'infs', 'instance attribute: the inferencers'),
 )
+
+
 class HookedMapDataZMQ(MultiProcessMapDataZMQ):
     """MultiProcessMapDataZMQ with public hooks: `prepare_worker()` runs in every worker process before
     it maps anything, `before_receive()` before each wait for a mapped datapoint."""
@@ -38,6 +36,11 @@ class HookedMapDataZMQ(MultiProcessMapDataZMQ):
         def run(self):
             self.prepare()
             super().run()
+
+    def reset_state(self):
+        super().reset_state()
+        for proc in self.worker_processes:   # forked: this process's objects of them need not keep the dataflow
+            proc.prepare = None              # alive (it ends its workers when it is collected)
 
     def prepare_worker(self):
         """Runs in each worker process, before its first datapoint."""
@@ -82,23 +85,6 @@ class HookedMapDataZMQ(MultiProcessMapDataZMQ):
         return bool(self.socket.poll(timeout_ms, zmq.POLLIN))
 
 
-def inference_pass(runner):
-    """One pass of an InferenceRunner's input through its hooked session, as a generator: each `next`
-    runs one batch and gives True; the generator ends with the input (however many batches that is)."""
-    runner._input_source.reset_state()
-    while True:
-        try:
-            runner._hooked_sess.run(fetches=[])
-        except (StopIteration, DataFlowTerminated):
-            return
-        yield True
-
-
-def inferencers(runner):
-    """The Inferencers of an InferenceRunner."""
-    return runner.infs
-
-
-def batches_per_pass(runner):
-    """The number of batches an InferenceRunner's input announces for a pass."""
-    return runner._size
+def run_inference_step(runner):
+    """Run one batch of an InferenceRunner's input through its tower, its inferencers and their hooks."""
+    runner._hooked_sess.run(fetches=[])

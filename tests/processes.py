@@ -64,3 +64,17 @@ def wait_until_gone(text):
     while processes_naming(text) and time.monotonic() < deadline:
         time.sleep(0.2)
     return processes_naming(text)
+
+
+def catches(pid, signum):
+    """Whether process `pid` has a handler for `signum` (its SigCgt mask in /proc)."""
+    with open('/proc/{}/status'.format(pid)) as f:
+        mask = next(int(line.split()[1], 16) for line in f if line.startswith('SigCgt:'))
+    return bool(mask >> (signum - 1) & 1)
+
+
+def wait_until_not_catching(pid, signum):
+    """Wait until process `pid` no longer handles `signum` (a forked worker resetting its parent's handlers)."""
+    deadline = time.monotonic() + PATIENCE
+    while catches(pid, signum) and time.monotonic() < deadline:
+        time.sleep(0.05)

@@ -18,7 +18,8 @@ import pytest
 import tensorflow as tf
 
 from conftest import ROOT, build_inference_graph, write_random_checkpoint
-from processes import PATIENCE, children, finish, processes_naming, start, wait_for_line, wait_until_gone
+from processes import (PATIENCE, children, finish, processes_naming, start, wait_for_line, wait_until_gone,
+                       wait_until_not_catching)
 from data.samples import write_sample_dataset
 from imagenet_utils import DataError
 from runtime.preemption import STOP_SIGNALS, StopRequest, signals_request_stop
@@ -303,6 +304,7 @@ def test_evaluation_worker_killed_by_sigsegv_is_one_error_line(long_val_dir, tmp
     while len(children(proc.pid)) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
     worker = children(proc.pid)[0]
+    wait_until_not_catching(worker, signal.SIGSEGV)    # past the fork: TensorFlow's crash handler reset
     os.kill(worker, signal.SIGSEGV)       # as a decoder crashing on a malicious file would end
     status, output = finish(proc, log)
     assert status == 1, output[-5000:]
