@@ -30,4 +30,4 @@ def test_benchmarks_take_both_spellings(parse_args):
 
 
 def test_pipeline_bench_takes_both_spellings():
-    assert pipeline.parse_args(['--width-ratio', '0.5']) == pipeline.parse_args(['--width_ratio', '0.5'])
+    assert pipeline.parse_args(['--image-size', '64']) == pipeline.parse_args(['--image_size', '64'])
