@@ -100,7 +100,7 @@ def test_int8_file_ends_at_the_logits(exported):
 
 
 def test_cli_export_prints_agreement_and_both_errors(exported):
-    model, _, float_file, int8_file, printed = exported
+    _, _, float_file, int8_file, printed = exported
     line = re.search(r'(\S+) against (\S+): top-1 agreement ([\d.]+) on (\d+) held-back images, '
                      r'top-1 error ([\d.]+) \(float ([\d.]+)\)', printed)
     assert line, printed[-2000:]
