@@ -151,12 +151,20 @@ def export_int8_saved_model(model, checkpoint, directory):
     return save_saved_model(graph_def, model.image_shape, directory, INT8_OUTPUTS)
 
 
+def eager_again():
+    """Eager execution, which saving a SavedModel needs: tensorpack's training turns it off for the whole
+    process (--demo trains, then exports nothing, but a program may train and then export); RuntimeError
+    inside a graph context, where it can not be had."""
+    if not tf.executing_eagerly():
+        tfv1.enable_eager_execution()
+    if not tf.executing_eagerly():
+        raise RuntimeError('export needs eager execution: call it outside any tf.Graph or tf.Session context')
+
+
 def save_saved_model(graph_def, size, directory, outputs=SERVING_OUTPUTS):
     """A frozen serving graph of S x S images as a SavedModel with a `serving_default` signature
     (whose outputs are the nodes `outputs` names)."""
-    if not tf.executing_eagerly():
-        raise RuntimeError('export needs eager execution: call it outside any tf.Graph or tf.Session '
-                           'context, in a process where tensorpack training has not disabled eager')
+    eager_again()
     module = tf.Module()
     module.network = serving_function(graph_def, outputs)
     module.serve = tf.function(lambda images: module.network(images), input_signature=[

@@ -32,6 +32,14 @@ def pytest_configure(config):
     config.addinivalue_line('markers', 'gpu: runs fully only where TensorFlow has NCHW kernels (a GPU)')
 
 
+@pytest.fixture(autouse=True)
+def eager_execution():
+    """tensorpack's training turns eager execution off for the whole process (a test may train in it):
+    every test starts with it on, as a fresh process has it."""
+    if not tf.executing_eagerly():
+        tfv1.enable_eager_execution()
+
+
 def pytest_runtest_setup(item):
     for marker in item.iter_markers('external_data'):
         if not os.path.isdir(REFERENCE_DIR):
