@@ -1,8 +1,8 @@
 """How close a quantized TFLite file is to the float one: top-1 agreement and both errors on held-back images."""
 import collections
+import os
 
 import numpy as np
-from ai_edge_litert.interpreter import Interpreter
 
 MIN_AGREEMENT = 0.97     # of the quantized file's top-1 with the float file's
 MAX_ERROR_RISE = 0.02    # quantized top-1 error at most this above float's
@@ -17,7 +17,8 @@ class QuantizationLoss(Exception):
 
 def tflite_logits(path, images):
     """The `logits` of a TFLite file's serving signature in LiteRT, in batches of BATCH."""
-    runner = Interpreter(path, num_threads=2).get_signature_runner()
+    from ai_edge_litert.interpreter import Interpreter  # here: the training-only Horovod stack has no LiteRT
+    runner = Interpreter(path, num_threads=os.cpu_count()).get_signature_runner()
     return np.concatenate([runner(images=images[start:start + BATCH])['logits']
                            for start in range(0, len(images), BATCH)])
 
