@@ -153,12 +153,16 @@ def export_int8_saved_model(model, checkpoint, directory):
 
 def eager_again():
     """Eager execution, which saving a SavedModel needs: tensorpack's training turns it off for the whole
-    process (--demo trains, then exports nothing, but a program may train and then export); RuntimeError
-    inside a graph context, where it can not be had."""
-    if not tf.executing_eagerly():
+    process and leaves its graph the default one (a program may train, then export); RuntimeError inside a
+    graph context, where eager execution can not be had."""
+    if tf.executing_eagerly():
+        return
+    try:
+        tfv1.reset_default_graph()      # TensorFlow turns eager execution on only without a default graph
         tfv1.enable_eager_execution()
-    if not tf.executing_eagerly():
-        raise RuntimeError('export needs eager execution: call it outside any tf.Graph or tf.Session context')
+    except (AssertionError, ValueError):
+        raise RuntimeError('export needs eager execution: call it outside any tf.Graph or tf.Session '
+                           'context') from None
 
 
 def save_saved_model(graph_def, size, directory, outputs=SERVING_OUTPUTS):

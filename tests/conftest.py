@@ -14,6 +14,7 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorpack.tfutils.tower import TowerContext  # noqa: E402
 
+from deploy import export  # noqa: E402
 from ghostnet import GhostNet  # noqa: E402
 from weights.checkpoint import checkpoint_variables  # noqa: E402
 from data.samples import write_sample_dataset  # noqa: E402
@@ -36,8 +37,7 @@ def pytest_configure(config):
 def eager_execution():
     """tensorpack's training turns eager execution off for the whole process (a test may train in it):
     every test starts with it on, as a fresh process has it."""
-    if not tf.executing_eagerly():
-        tfv1.enable_eager_execution()
+    export.eager_again()
 
 
 def pytest_runtest_setup(item):
