@@ -102,6 +102,8 @@ class GhostNet(ImageNetModel):
     classifier_bias = 'Logits/Conv2d_1c_1x1/b'
     padding = 'SAME'        # of every conv (myconv2d.convolve)
     head_bn = True          # Conv2d_18: BN and no bias (else a bias and no BN)
+    attention_from = None   # the first bottleneck whose up Ghost module has DFC attention (GhostNetV2), if any
+    branches = 1            # parallel conv + BN of the Ghost modules and stride-2 depthwise convs (GhostNetV3)
 
     def __init__(self, num_classes=1000, width=1.0, se=True, dw_code=None, ratio_code=None,
                  weight_decay=4e-5, dropout_keep_prob=0.8, label_smoothing=0.1,
@@ -141,15 +143,17 @@ class GhostNet(ImageNetModel):
     def bottleneck(self, index, spec, in_channels, hidden, out, x):
         """Ghost bottleneck `Conv2d_<index>`: up Ghost module, [stride-2 depthwise], [SE], down Ghost module."""
         name = 'Conv2d_{}'.format(index)
-        ghost_args = dict(dw_size=self.dw_code[index - 1], ratio=self.ratio_code[index - 1])
+        ghost_args = dict(dw_size=self.dw_code[index - 1], ratio=self.ratio_code[index - 1], branches=self.branches)
         if spec.stride == 1 and in_channels == spec.out:
             shortcut = x
         else:
             shortcut = DepthConv(name + '_shortcut_dw', x, spec.kernel, strides=spec.stride)
             shortcut = ConvBN(name + '_shortcut_1x1', shortcut, out, 1, relu=False)
-        x = GhostModule(name + '_up_pointwise', x, hidden, **ghost_args)
+        attention = self.attention_from is not None and index >= self.attention_from
+        x = GhostModule(name + '_up_pointwise', x, hidden, attention=attention, **ghost_args)
         if spec.stride == 2:
-            x = DepthConv(name + '_depthwise', x, spec.kernel, strides=2)
+            x = DepthConv(name + '_depthwise', x, spec.kernel, strides=2, branches=self.branches,
+                          scale_branch=self.branches > 1)
         if self.se and spec.se:
             x = SELayer(name + '_se', x, **self.se_options(hidden))
         x = GhostModule(name + '_down_pointwise', x, out, relu=False, **ghost_args)

@@ -46,6 +46,7 @@ class ImageNetModel(ModelDesc):
     scope = None
     classifier_bias = None
     image_shape = 224
+    min_image_size = 1
     mean_rgb, std_rgb = IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
     channel_order = 'BGR'
     data_format = 'NHWC'

@@ -243,6 +243,9 @@ def apply_recipe(args, parser):
                      'ghost-resnet50)')
     if arch.dataset == CIFAR10 and args.image_size != cifar.IMAGE_SIZE:
         parser.error('--image_size is {} for the CIFAR-10 networks'.format(cifar.IMAGE_SIZE))
+    if args.image_size < arch.model.min_image_size:
+        parser.error('--image_size is at least {} for --arch {} (its DFC attention pools the stride-32 maps '
+                     '2x2)'.format(arch.model.min_image_size, args.arch))
     try:
         args.lr_decay_fractions = [fractions.Fraction(f) for f in (args.lr_decay_at or '').split(',') if f]
     except (ValueError, ZeroDivisionError):

@@ -6,9 +6,11 @@ batch norm into the conv before it, from the same variables under the same names
 depthwise conv or of a conv that takes a Ghost module's output by parts, and otherwise as an inference-mode
 batch norm that grappler fuses into the conv op and converters fold into the kernel.
 """
+import collections
 import math
 
 import compat  # noqa: F401  (must come before TensorFlow)
+import numpy as np
 import tensorflow as tf
 from tensorpack.models import BatchNorm, layer_register
 from tensorpack.models.batch_norm import get_bn_variables
@@ -183,48 +185,146 @@ def conv_bn_relu(x, kernel, strides, depthwise, bn, relu, use_bias, bn_name, dat
     return tf.nn.relu(x, name='output') if relu else tf.identity(x, name='output')
 
 
+def kernel_shape(kernel_size, in_channels, out_channels):
+    """[kh, kw, in, out] of a kernel of `kernel_size` (k or (kh, kw))."""
+    size = kernel_size if isinstance(kernel_size, (tuple, list)) else (kernel_size, kernel_size)
+    return [int(size[0]), int(size[1]), in_channels, out_channels]
+
+
 @layer_register(log_shape=True)
 def ConvBN(x, filters, kernel_size=1, strides=1, bn=True, relu=True, use_bias=False, data_format='NHWC',
-           fold_bn=True, by_parts=True, padding='SAME'):
+           fold_bn=True, by_parts=True, padding='SAME', branches=1, reparameterize=True):
     """Conv `W` [k, k, in, filters], then BN under `bn/` (or a bias `b` with bn=False), then ReLU; `padding`
-    'SAME' (TensorFlow's) or 'symmetric' (PyTorch's, see `convolve`)."""
-    in_channels = int(x.shape[channel_axis(data_format)])
-    kernel = tfv1.get_variable('W', [kernel_size, kernel_size, in_channels, filters],
-                               initializer=kernel_initializer())
+    'SAME' (TensorFlow's) or 'symmetric' (PyTorch's, see `convolve`). With `branches` > 1, GhostNetV3's
+    training form: that many parallel conv + BN (see `branched_conv`)."""
+    shape = kernel_shape(kernel_size, int(x.shape[channel_axis(data_format)]), filters)
+    if branches > 1:
+        return branched_conv(x, shape, strides, False, relu, data_format, fold_bn, by_parts, padding,
+                             Branches(branches, False, False), reparameterize)
+    kernel = tfv1.get_variable('W', shape, initializer=kernel_initializer())
     return conv_bn_relu(x, kernel, strides, False, bn, relu, use_bias, 'bn', data_format, fold_bn, by_parts,
                         padding)
 
 
 @layer_register(log_shape=True)
 def DepthConv(x, kernel_size, channel_multiplier=1, strides=1, bn=True, relu=False, use_bias=False,
-              data_format='NHWC', kernel_name='W', fold_bn=True, by_parts=True, padding='SAME'):
-    """Depthwise conv [k, k, in, multiplier], then BN (+ ReLU); `padding` as `ConvBN`'s.
+              data_format='NHWC', kernel_name='W', fold_bn=True, by_parts=True, padding='SAME', branches=1,
+              scale_branch=False, skip_branch=False, reparameterize=True):
+    """Depthwise conv [k, k, in, multiplier] (`kernel_size` k or (kh, kw)), then BN (+ ReLU); `padding` as
+    `ConvBN`'s. With `branches` > 1, `scale_branch` or `skip_branch`, GhostNetV3's training form (see
+    `branched_conv`).
 
     The BN is under `bn/` with a ReLU and `output/` without, as in the released checkpoint
     (`dw1/output/...`, `_depthwise/output/...`).
     """
-    in_channels = int(x.shape[channel_axis(data_format)])
-    kernel = tfv1.get_variable(kernel_name, [kernel_size, kernel_size, in_channels, channel_multiplier],
-                               initializer=kernel_initializer())
+    shape = kernel_shape(kernel_size, int(x.shape[channel_axis(data_format)]), channel_multiplier)
+    if branches > 1 or scale_branch or skip_branch:
+        return branched_conv(x, shape, strides, True, relu, data_format, fold_bn, by_parts, padding,
+                             Branches(branches, scale_branch, skip_branch), reparameterize, kernel_name)
+    kernel = tfv1.get_variable(kernel_name, shape, initializer=kernel_initializer())
     return conv_bn_relu(x, kernel, strides, True, bn, relu, use_bias, 'bn' if relu else 'output',
                         data_format, fold_bn, by_parts, padding)
 
 
+# ---------------------------------------------------------------- GhostNetV3's re-parameterizable branches
+
+Branches = collections.namedtuple('Branches', 'convs scale skip')
+REPARAMETERIZED = 'reparameterized'   # graph collection of the fused layers' (scope, kernel, bias), for counting
+Reparameterized = collections.namedtuple('Reparameterized', 'scope kernel bias')
+
+
+def branched_conv(x, shape, strides, depthwise, relu, data_format, fold_bn, by_parts, padding, branches,
+                  reparameterize, kernel_name='W'):
+    """GhostNetV3's conv: `branches.convs` parallel convs of `shape`, each with BN (`branch<i>/<kernel_name>`,
+    `branch<i>/bn/`), a 1x1 conv + BN (`scale/`) and a BN of the input (`skip/bn/`) when asked, summed, then
+    ReLU. Inference fuses them into one conv with a bias, as `reparameterize()` does in timm (the fused
+    kernel is computed from the same variables); with `reparameterize=False` it runs the branches, their
+    batch norms in inference mode."""
+    if not get_current_tower_context().is_training and reparameterize:
+        kernel, bias = fused_branches(shape, depthwise, branches, kernel_name)
+        tfv1.add_to_collection(REPARAMETERIZED, Reparameterized(tfv1.get_variable_scope().name, kernel, bias))
+        parts = parts_taken(x, kernel, depthwise, data_format, by_parts) if fold_bn else []
+        return convolve_by_parts(x, parts, kernel, bias, strides, depthwise, relu, data_format, padding)
+    bn_args = dict(epsilon=BN_EPSILON, data_format='channels_first' if is_nchw(data_format) else 'channels_last')
+    outputs = []
+    for name, branch_shape in branch_shapes(shape, branches):
+        with tfv1.variable_scope(name):
+            kernel = tfv1.get_variable(kernel_name, branch_shape, initializer=kernel_initializer())
+            outputs.append(BatchNorm('bn', convolve(x, kernel, strides, depthwise, data_format, padding), **bn_args))
+    if branches.skip:
+        with tfv1.variable_scope('skip'):
+            outputs.append(BatchNorm('bn', x, **bn_args))
+    x = tf.add_n(outputs)
+    return tf.nn.relu(x, name='output') if relu else tf.identity(x, name='output')
+
+
+def branch_shapes(shape, branches):
+    """(scope, kernel shape) of each conv branch: `branch<i>` of `shape`, then `scale` of 1x1."""
+    convs = [('branch{}'.format(index), shape) for index in range(branches.convs)]
+    return convs + ([('scale', [1, 1] + shape[2:])] if branches.scale else [])
+
+
+def fused_branches(shape, depthwise, branches, kernel_name):
+    """(kernel, bias) of the one conv that computes the branches' sum: each branch's BN folded into its
+    kernel, the 1x1 kernel at the centre of a k x k one, the skip branch as an identity kernel."""
+    channels = shape[2] * shape[3] if depthwise else shape[3]
+    kernels, biases = [], []
+    for name, branch_shape in branch_shapes(shape, branches):
+        with tfv1.variable_scope(name):
+            kernel = tfv1.get_variable(kernel_name, branch_shape, initializer=kernel_initializer())
+            with tfv1.variable_scope('bn'):
+                kernel, bias = folded_batch_norm(kernel, channels, depthwise)
+        kernels.append(centred(kernel, shape))
+        biases.append(bias)
+    if branches.skip:
+        with tfv1.variable_scope('skip/bn'):
+            kernel, bias = folded_batch_norm(identity_kernel(shape, depthwise), channels, depthwise)
+        kernels.append(kernel)
+        biases.append(bias)
+    return tf.add_n(kernels), tf.add_n(biases)
+
+
+def centred(kernel, shape):
+    """`kernel` zero-padded to `shape`'s height and width, at the centre."""
+    pads = [[(size - int(small)) // 2] * 2 for size, small in zip(shape[:2], kernel.shape[:2])]
+    return tf.pad(kernel, pads + [[0, 0], [0, 0]]) if any(pad[0] for pad in pads) else kernel
+
+
+def identity_kernel(shape, depthwise):
+    """The kernel of `shape` whose conv is its input: 1 at the centre tap from each channel to itself."""
+    if (shape[3] != 1) if depthwise else (shape[2] != shape[3]):
+        raise ValueError('{}: a skip branch needs as many outputs as inputs, got kernel shape {}'.format(
+            tfv1.get_variable_scope().name, shape))
+    identity = np.zeros(shape, np.float32)
+    centre_height, centre_width = shape[0] // 2, shape[1] // 2
+    if depthwise:
+        identity[centre_height, centre_width] = 1.
+    else:
+        identity[centre_height, centre_width] = np.eye(shape[2], dtype=np.float32)
+    return tf.constant(identity)
+
+
 @layer_register(log_shape=True)
 def GhostModule(x, filters, kernel_size=1, dw_size=3, ratio=2, strides=1, bn=True, relu=True,
-                use_bias=False, data_format='NHWC'):
+                use_bias=False, data_format='NHWC', attention=False, branches=1):
     """`ceil(filters / ratio)` intrinsic maps from a conv, the rest from a cheap depthwise op on them.
 
     Variables: `conv1/W`, `conv1/bn/*` and `dw1/DW`, `dw1/{bn,output}/*` (with/without ReLU).
     `ratio == 1` is the primary conv alone. With `use_bias` (and no BN, as a classifier) the module
-    has one bias `b` per output channel, as the conv it replaces.
+    has one bias `b` per output channel, as the conv it replaces. With `attention`, GhostNetV2's DFC
+    attention (`dfc_attention`, under `dfc/`) gates the output. With `branches` > 1, GhostNetV3's training
+    form: the primary conv is that many parallel conv + BN, the cheap op as many depthwise conv + BN plus
+    a 1x1 scale branch and a BN skip branch (`branched_conv`; fused in inference).
     """
     init_channels = math.ceil(filters / ratio)
     layer_args = dict(bn=bn, relu=relu and not use_bias, data_format=data_format)
-    x = ConvBN('conv1', x, init_channels, kernel_size, strides=strides, **layer_args)
+    inputs = x
+    x = ConvBN('conv1', x, init_channels, kernel_size, strides=strides, branches=branches, **layer_args)
     axis = channel_axis(data_format)
     if ratio > 1:
-        cheap = DepthConv('dw1', x, dw_size, channel_multiplier=ratio - 1, kernel_name='DW', **layer_args)
+        reparameterizable = dict(branches=branches, scale_branch=branches > 1, skip_branch=branches > 1)
+        cheap = DepthConv('dw1', x, dw_size, channel_multiplier=ratio - 1, kernel_name='DW', **reparameterizable,
+                          **layer_args)
         if int(cheap.shape[axis]) > filters - init_channels:
             cheap = channel_slices(cheap, [filters - init_channels], data_format)[0]
         x = tf.concat([x, cheap], axis)
@@ -232,7 +332,39 @@ def GhostModule(x, filters, kernel_size=1, dw_size=3, ratio=2, strides=1, bn=Tru
         bias = tfv1.get_variable('b', [filters], initializer=tf.zeros_initializer())
         x = tf.nn.bias_add(x, bias, data_format=tf_format(data_format))
         x = tf.nn.relu(x) if relu else x
+    if attention:
+        with tfv1.variable_scope('dfc'):
+            x = x * dfc_attention(inputs, filters, kernel_size, strides, data_format, x.shape)
     return tf.identity(x, name='output')
+
+
+def dfc_attention(x, filters, kernel_size, strides, data_format, output_shape):
+    """GhostNetV2's decoupled fully connected attention on a Ghost module's input `x`: 2x2 average pooling,
+    a conv + BN (`conv`), depthwise (1, 5) + BN (`horizontal`) and (5, 1) + BN (`vertical`), a sigmoid, and
+    nearest upsampling to the module's output size: a gate for each output value."""
+    spatial = spatial_axes(data_format)
+    if min(int(x.shape[axis]) for axis in spatial) < 2:
+        raise ValueError('{}: DFC attention pools 2x2 and its input is {}: use larger images'.format(
+            tfv1.get_variable_scope().name, 'x'.join(str(x.shape[axis]) for axis in spatial)))
+    x = tf.nn.avg_pool2d(x, 2, 2, 'VALID', data_format=tf_format(data_format))
+    layer_args = dict(relu=False, data_format=data_format)
+    x = ConvBN('conv', x, filters, kernel_size, strides=strides, **layer_args)
+    x = DepthConv('horizontal', x, (1, 5), **layer_args)
+    x = DepthConv('vertical', x, (5, 1), **layer_args)
+    return nearest_upsampled(tf.sigmoid(x), [int(output_shape[axis]) for axis in spatial], data_format)
+
+
+def nearest_upsampled(x, size, data_format):
+    """PyTorch's nearest interpolation of `x` ([h, w] = floor(`size` / 2)) to `size`: each row and column
+    twice, and the first once more in front along an odd axis (source index floor(i * h / H)). Written as
+    depth-to-space and slices, which LiteRT's XNNPACK delegate runs (it has no nearest resize)."""
+    nhwc = tf.transpose(x, [0, 2, 3, 1]) if is_nchw(data_format) else x
+    doubled = tf.nn.depth_to_space(tf.concat([nhwc] * 4, 3), 2)
+    for axis, target in zip((1, 2), size):
+        if target % 2:
+            first = tf.slice(doubled, [0, 0, 0, 0], [-1 if a != axis else 1 for a in range(4)])
+            doubled = tf.concat([first, doubled], axis)
+    return tf.transpose(doubled, [0, 3, 1, 2]) if is_nchw(data_format) else doubled
 
 
 def se_gate(x, gate):

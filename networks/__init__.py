@@ -3,6 +3,8 @@ import collections
 
 from ghostnet import GhostNet
 from networks.ghostnet_pytorch import GhostNetPyTorch
+from networks.ghostnetv2 import GhostNetV2
+from networks.ghostnetv3 import GhostNetV3
 from networks.resnet import ResNet50
 from networks.resnet_cifar import ResNet56
 from networks.vgg import VGG16
@@ -13,6 +15,8 @@ DATASET_CLASSES = {IMAGENET: 1000, CIFAR10: 10}   # for --flops and --fake
 # Flag defaults per recipe; `--lr` is per 256 images, scaled linearly to `--batch`.
 GHOSTNET_RECIPE = dict(batch=1024, epochs=400, lr=0.1, momentum=0.9, nesterov=1, lr_schedule='cosine',
                        warmup_epochs=5, weight_decay=4e-5, label_smoothing=0.1, dropout_keep_prob=0.8, image_size=224)
+GHOSTNETV2_RECIPE = GHOSTNET_RECIPE
+GHOSTNETV3_RECIPE = GHOSTNET_RECIPE
 # The authors: multi-step, no label smoothing. SGD 0.9, 0.1 per 256 images, /10 every 30 of 90 epochs.
 RESNET50_RECIPE = dict(batch=256, epochs=90, lr=0.1, momentum=0.9, nesterov=0, lr_schedule='step',
                        lr_decay_at='1/3,2/3', warmup_epochs=0, weight_decay=1e-4, label_smoothing=0.,
@@ -31,6 +35,12 @@ ARCHITECTURES = {
     'ghostnet-pytorch': Architecture(GhostNetPyTorch, None, IMAGENET, GHOSTNET_RECIPE,
                                      'GhostNet as PyTorch and timm build it (ghostnet_050/100/130: --width_ratio '
                                      '0.5/1.0/1.3); --load takes their .safetensors/.pth state dicts'),
+    'ghostnetv2': Architecture(GhostNetV2, None, IMAGENET, GHOSTNETV2_RECIPE,
+                               'GhostNetV2: DFC attention (timm ghostnetv2_100/130/160: --width_ratio 1.0/1.3/1.6); '
+                               '--load takes their state dicts'),
+    'ghostnetv3': Architecture(GhostNetV3, None, IMAGENET, GHOSTNETV3_RECIPE,
+                               'GhostNetV3: GhostNetV2 trained with re-parameterizable branches, fused for '
+                               'inference (timm ghostnetv3_050/100/130/160: --width_ratio 0.5/1.0/1.3/1.6)'),
     'resnet50': Architecture(ResNet50, False, IMAGENET, RESNET50_RECIPE, 'ResNet-50 on ImageNet, 224x224'),
     'ghost-resnet50': Architecture(ResNet50, True, IMAGENET, RESNET50_RECIPE,
                                    'Ghost-ResNet-50: every conv but the stem a Ghost module (--ratio, --dw)'),

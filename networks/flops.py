@@ -7,7 +7,7 @@ import tensorflow as tf
 from tensorpack.tfutils.argscope import argscope
 from tensorpack.tfutils.tower import TowerContext
 
-from myconv2d import ConvBN, DepthConv, SELayer
+from myconv2d import REPARAMETERIZED, ConvBN, DepthConv, SELayer
 
 tfv1 = tf.compat.v1
 
@@ -40,22 +40,37 @@ def multiply_adds(op):
 
 
 def layer_table(graph):
-    """One LayerCost per counted op; a layer's params are the trainable variables in the op's scope."""
-    trainable = graph.get_collection(tfv1.GraphKeys.TRAINABLE_VARIABLES)
+    """One LayerCost per counted op; a layer's params are the trainable variables in the op's scope, or the
+    kernel and bias that inference fuses its branches into (GhostNetV3)."""
+    trainable, fused = unfused_variables(graph), fused_parameters(graph)
     rows = []
     for op in graph.get_operations():
         if op.type not in COUNTED_OPS:
             continue
         scope = op.name.rsplit('/', 1)[0]
-        params = sum(int(np.prod(v.shape.as_list())) for v in trainable
-                     if v.op.name.startswith(scope + '/'))
+        params = fused.get(scope, sum(size(v) for v in trainable if v.op.name.startswith(scope + '/')))
         rows.append(LayerCost(scope, op.type, op.outputs[0].shape.as_list(), params, multiply_adds(op)))
     return rows
 
 
+def size(tensor):
+    return int(np.prod(tensor.shape.as_list()))
+
+
+def fused_parameters(graph):
+    """{layer scope: values of its fused kernel and bias} of the layers whose branches inference fuses."""
+    return {entry.scope: size(entry.kernel) + size(entry.bias) for entry in graph.get_collection(REPARAMETERIZED)}
+
+
+def unfused_variables(graph):
+    """The trainable variables but those of branches that inference fuses: the parameters of the network
+    that runs (timm's count after `reparameterize_model`)."""
+    fused = tuple(scope + '/' for scope in fused_parameters(graph))
+    return [v for v in graph.get_collection(tfv1.GraphKeys.TRAINABLE_VARIABLES) if not v.op.name.startswith(fused)]
+
+
 def total_params(graph):
-    return sum(int(np.prod(v.shape.as_list()))
-               for v in graph.get_collection(tfv1.GraphKeys.TRAINABLE_VARIABLES))
+    return sum(size(v) for v in unfused_variables(graph)) + sum(fused_parameters(graph).values())
 
 
 def total_multiply_adds(graph):

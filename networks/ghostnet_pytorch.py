@@ -56,11 +56,16 @@ class GhostNetPyTorch(GhostNet):
     def se_options(self, channels):
         return dict(reduced_channels=make_divisible(channels * SE_REDUCTION), gate='hard_sigmoid')
 
+    timm_layers = TIMM_LAYERS
+
     @classmethod
     def torch_layers(cls):
-        """{this repo's layer (under `scope`): (timm's conv or Linear, its batch norm or None, kind)}."""
+        """{this repo's layer (under `scope`): (timm's conv or Linear, its batch norm or None, kind)}, from
+        `timm_layers`: `{n}` for each bottleneck, `{i}` for each of the `branches`."""
         layers = {}
-        for layer, conv, bn, kind in TIMM_LAYERS:
+        for layer, conv, bn, kind in cls.timm_layers:
             for n, block in enumerate(timm_blocks() if '{n}' in layer else [None], start=1):
-                layers[layer.format(n=n)] = tuple(name and name.format(block=block) for name in (conv, bn)) + (kind,)
+                for i in range(cls.branches) if '{i}' in layer else [None]:
+                    places = tuple(name and name.format(block=block, i=i) for name in (conv, bn))
+                    layers[layer.format(n=n, i=i)] = places + (kind,)
         return layers

@@ -1,5 +1,6 @@
-"""timm's GhostNet as the reference for --arch ghostnet-pytorch: seeded weights and images, and the script
-that records timm's key names, shapes and logits for them in tests/data/timm_ghostnet.json.
+"""timm's GhostNet family as the reference for --arch ghostnet-pytorch, ghostnetv2 and ghostnetv3: seeded
+weights and images, and the script that records timm's key names, shapes, parameters and logits for them in
+tests/data/timm_ghostnet.json.
 
 The tests rebuild the same weights and images from the seeds with NumPy alone (no torch). Regenerate the
 fixture by hand, in a venv with timm (see docs/family.md):
@@ -15,7 +16,13 @@ import sys
 import numpy as np
 
 FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'timm_ghostnet.json')
-TIMM_MODELS = {0.5: 'ghostnet_050', 1.0: 'ghostnet_100', 1.3: 'ghostnet_130'}
+# (--arch, --width_ratio): timm's model
+TIMM_MODELS = {('ghostnet-pytorch', 0.5): 'ghostnet_050', ('ghostnet-pytorch', 1.0): 'ghostnet_100',
+               ('ghostnet-pytorch', 1.3): 'ghostnet_130',
+               ('ghostnetv2', 1.0): 'ghostnetv2_100', ('ghostnetv2', 1.3): 'ghostnetv2_130',
+               ('ghostnetv2', 1.6): 'ghostnetv2_160',
+               ('ghostnetv3', 0.5): 'ghostnetv3_050', ('ghostnetv3', 1.0): 'ghostnetv3_100',
+               ('ghostnetv3', 1.3): 'ghostnetv3_130', ('ghostnetv3', 1.6): 'ghostnetv3_160'}
 IMAGE_SIZE = 224
 NUM_IMAGES = 2
 WEIGHT_SEED, IMAGE_SEED = 0, 1
@@ -31,8 +38,8 @@ def seeded_value(rng, key, shape):
         return rng.uniform(0.5, 1.5, shape).astype(np.float32)
     if key.endswith('running_mean') or key.endswith('bias'):
         return rng.normal(0, 0.1, shape).astype(np.float32)
-    if len(shape) == 1:     # a batch norm's weight (scale)
-        return rng.uniform(0.5, 1.0, shape).astype(np.float32)
+    if len(shape) == 1:     # a batch norm's weight (scale); GhostNetV3's branches add up, a third each
+        return rng.uniform(0.5, 1.0, shape).astype(np.float32) / (3 if '_rpr_' in key else 1)
     fan_in = int(np.prod(shape[1:]))
     return rng.normal(0, np.sqrt((2 if len(shape) == 4 else 1) / fan_in), shape).astype(np.float32)
 
@@ -63,17 +70,20 @@ def timm_input(images):
 
 
 def load_fixture(path=FIXTURE):
-    """{width: {'model', 'keys': [(key, shape)], 'params', 'logits': [NUM_IMAGES, 1000] array}}."""
+    """{(arch, width): {'model', 'keys': [(key, shape)], 'params', 'logits': [NUM_IMAGES, 1000] array}}."""
     with open(path) as f:
         stored = json.load(f)
-    return {float(width): dict(entry, keys=[(key, tuple(shape)) for key, shape in entry['keys']],
-                               logits=np.array(entry['logits'], np.float32))
-            for width, entry in stored.items()}
+    names = {name: arch_width for arch_width, name in TIMM_MODELS.items()}
+    return {names[name]: dict(entry, keys=[(key, tuple(shape)) for key, shape in entry['keys']],
+                              logits=np.array(entry['logits'], np.float32))
+            for name, entry in stored.items()}
 
 
-def timm_entry(timm, torch, width):
-    """timm's model of `width` with the seeded weights: its keys, shapes, parameters and logits."""
-    model = timm.create_model(TIMM_MODELS[width]).eval()
+def timm_entry(timm, torch, name):
+    """timm's model `name` with the seeded weights: its keys and shapes, its parameters once re-parameterized
+    (GhostNetV3's branches fused, as they run) and its eval-mode logits."""
+    from timm.utils.model import reparameterize_model
+    model = timm.create_model(name).eval()
     keys = [(key, list(value.shape)) for key, value in model.state_dict().items()]
     weights = seeded_state_dict(keys)
     model.load_state_dict({key: torch.from_numpy(value) for key, value in weights.items()})
@@ -81,18 +91,18 @@ def timm_entry(timm, torch, width):
         logits = model(torch.from_numpy(timm_input(seeded_images()))).numpy()
     top2 = np.sort(logits, 1)[:, -2:]
     print('{}: logits up to {:.3f}, top-1 margins {}'.format(
-        TIMM_MODELS[width], np.abs(logits).max(), np.round(top2[:, 1] - top2[:, 0], 4)), file=sys.stderr)
-    return {'model': TIMM_MODELS[width], 'timm': timm.__version__, 'keys': keys,
-            'params': sum(p.numel() for p in model.parameters()),
+        name, np.abs(logits).max(), np.round(top2[:, 1] - top2[:, 0], 4)), file=sys.stderr)
+    fused = reparameterize_model(model, inplace=False)
+    return {'timm': timm.__version__, 'keys': keys, 'params': sum(p.numel() for p in fused.parameters()),
             'logits': [[float('{:.7g}'.format(v)) for v in row] for row in logits]}
 
 
 def write_fixture(path=FIXTURE):
-    """Run timm on the seeded weights and images for every width and write the fixture."""
+    """Run timm on the seeded weights and images for every model and write the fixture."""
     import timm
     import torch
     torch.manual_seed(0)
-    fixture = {str(width): timm_entry(timm, torch, width) for width in TIMM_MODELS}
+    fixture = {name: timm_entry(timm, torch, name) for name in TIMM_MODELS.values()}
     with open(path, 'w') as f:
         json.dump(fixture, f, separators=(',', ':'))
     print('Wrote {} ({:.0f} kB)'.format(path, os.path.getsize(path) / 1024), file=sys.stderr)

@@ -6,7 +6,7 @@ A network that has a PyTorch form says where each of its layers is in the state 
 `<conv>.weight` / `<conv>.bias` and `<bn>.weight, bias, running_mean, running_var`. Kernels are transposed:
 conv [out, in, kh, kw] to [kh, kw, in, out], depthwise [C * m, 1, kh, kw] to [kh, kw, C, m], Linear
 [out, in] to [1, 1, in, out]. BN's `num_batches_tracked` counters and thop's `total_ops`/`total_params`
-(in the authors' files) are ignored.
+(in the authors' files) are ignored; the authors' GhostNetV3 keys are spelled as timm's (`timm_key`).
 """
 import os
 import re
@@ -28,6 +28,7 @@ PICKLE_SUFFIXES = ('.pth', '.pth.tar', '.pt')
 VARIABLE = re.compile(r'^(?P<layer>.+?)/(?:(?P<kernel>W|DW|b)|(?:bn|output)/(?P<bn>beta|gamma|mean/EMA|variance/EMA))$')
 TORCH_LEAVES = {'W': 'weight', 'DW': 'weight', 'b': 'bias',
                 'beta': 'bias', 'gamma': 'weight', 'mean/EMA': 'running_mean', 'variance/EMA': 'running_var'}
+AUTHORS_BN = re.compile(r'\.bn\.(?=[a-z_]+$)')
 IGNORED_KEYS = re.compile(r'(^|\.)(num_batches_tracked|total_ops|total_params)$')
 
 
@@ -42,7 +43,15 @@ def read_state_dict(path):
     if not os.path.isfile(path):
         raise CheckpointError('{} does not exist'.format(path))
     stored = read_safetensors(path) if path.endswith(SAFETENSORS_SUFFIX) else read_pickled(path)
-    return {key: value for key, value in stored.items() if not IGNORED_KEYS.search(key)}
+    return {timm_key(key): value for key, value in stored.items() if not IGNORED_KEYS.search(key)}
+
+
+def timm_key(key):
+    """timm's spelling of a key of the authors' files (as timm's `checkpoint_filter_fn` renames it): their
+    GhostNetV3's conv + BN branches call the batch norm `bn`, timm's `bn1`."""
+    if AUTHORS_BN.search(key) and ('.ghost' in key or '.dw_rpr_' in key):
+        return AUTHORS_BN.sub('.bn1.', key)
+    return key
 
 
 def read_safetensors(path):
@@ -113,8 +122,8 @@ def torch_layers_of(model, path):
     """`model.torch_layers()` (model: a network or its class); CheckpointError when it has no PyTorch form."""
     if not hasattr(model, 'torch_layers'):
         name = model.__name__ if isinstance(model, type) else type(model).__name__
-        raise CheckpointError('{}: a PyTorch state dict, which {} can not load (--arch ghostnet-pytorch '
-                              'can)'.format(path, name))
+        raise CheckpointError('{}: a PyTorch state dict, which {} can not load (--arch ghostnet-pytorch, '
+                              'ghostnetv2 and ghostnetv3 can)'.format(path, name))
     return model.torch_layers()
 
 

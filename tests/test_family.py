@@ -1,6 +1,7 @@
-"""--arch ghostnet-pytorch against timm 1.0.31, without torch: the logits timm computed for seeded weights and
-images (tests/data/timm_ghostnet.json, written by tests/timm_fixtures.py) from the network's graph and from
-every exported format, timm's parameter counts, and timm's files through --load."""
+"""The Ghost family (--arch ghostnet-pytorch, ghostnetv2, ghostnetv3) against timm 1.0.31, without torch: the
+logits timm computed for seeded weights and images (tests/data/timm_ghostnet.json, written by
+tests/timm_fixtures.py) from each network's graph and exported formats, timm's parameter counts, and timm's
+files through --load."""
 import importlib.util
 import pickle
 import re
@@ -12,26 +13,35 @@ import pytest
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 from safetensors.numpy import save_file
+from tensorpack.tfutils.argscope import argscope
 from tensorpack.tfutils.tower import TowerContext
 
 import main
 from conftest import run_main_py
+from data.samples import write_sample_dataset
 from deploy import export
+from myconv2d import ConvBN, DepthConv
 from networks import build_model, flops
-from timm_fixtures import load_fixture, seeded_images, seeded_state_dict
+from timm_fixtures import TIMM_MODELS, load_fixture, seeded_images, seeded_state_dict
 from weights.checkpoint import CheckpointError
 from weights.state_dict import StateDictInit, read_state_dict, session_init
 
 tfv1 = tf.compat.v1
 
-# parameters of timm 1.0.31's ghostnet_050, _100, _130 (sum of p.numel(); ../shared/FAMILY_FACTS.md)
-TIMM_PARAMS = {0.5: 2587292, 1.0: 5182508, 1.3: 7358820}
-PUBLISHED_MULTIPLY_ADDS = 142e6     # GhostNet 1.0x, PyTorch release
+# parameters of timm 1.0.31's models (sum of p.numel(), GhostNetV3's after reparameterize_model;
+# ../shared/FAMILY_FACTS.md), where it states them
+TIMM_PARAMS = {('ghostnet-pytorch', 0.5): 2587292, ('ghostnet-pytorch', 1.0): 5182508,
+               ('ghostnet-pytorch', 1.3): 7358820, ('ghostnetv2', 1.0): 6156908, ('ghostnetv2', 1.3): 8960404,
+               ('ghostnetv2', 1.6): 12392698, ('ghostnetv3', 1.0): 6147588, ('ghostnetv3', 1.3): 8948296}
+# published multiply-adds: GhostNet 1.0x (PyTorch release), GhostNetV2 1.0x, GhostNetV3 1.3x
+PUBLISHED_MULTIPLY_ADDS = {('ghostnet-pytorch', 1.0): 142e6, ('ghostnetv2', 1.0): 167e6, ('ghostnetv3', 1.3): 269e6}
+GHOSTNET_100 = ('ghostnet-pytorch', 1.0)
 SMALL_IMAGE_SIZE = 32
+SMALL_FAMILY_SIZE = 48   # GhostNetV2's DFC attention needs 33 or more
 
 
-def ghostnet_pytorch(width, image_size=224, num_classes=1000):
-    return build_model(main.parse_args(['--fake', '--arch', 'ghostnet-pytorch', '--width_ratio', str(width),
+def family_model(arch, width, image_size=224, num_classes=1000):
+    return build_model(main.parse_args(['--fake', '--arch', arch, '--width_ratio', str(width),
                                         '--image_size', str(image_size)]), num_classes)
 
 
@@ -50,50 +60,53 @@ def assert_matches_timm(logits, timm_logits, what):
 
 @pytest.fixture(scope='module')
 def timm_reference():
-    """{width: timm's keys, parameters and logits} from the fixture."""
+    """{(arch, width): timm's keys, parameters and logits} from the fixture."""
     return load_fixture()
 
 
 @pytest.fixture(scope='module')
 def timm_files(timm_reference, tmp_path_factory):
-    """{width: a .safetensors file of the seeded weights in timm's keys, BN counters included}."""
+    """{(arch, width): a .safetensors file of the seeded weights in timm's keys, BN counters included}."""
     directory = tmp_path_factory.mktemp('timm')
     files = {}
-    for width, entry in timm_reference.items():
-        files[width] = str(directory / 'ghostnet_{}.safetensors'.format(width))
-        save_file(seeded_state_dict(entry['keys']), files[width])
+    for arch_width, entry in timm_reference.items():
+        files[arch_width] = str(directory / '{}.safetensors'.format(TIMM_MODELS[arch_width]))
+        save_file(seeded_state_dict(entry['keys']), files[arch_width])
     return files
 
 
-def graph_run(model, weights_path, images):
-    """(logits, parameters, multiply-adds) of `model`'s training graph in inference mode (batch norm unfolded;
-    networks/flops.py's graph, which takes one image) with `weights_path` loaded through --load's boundary."""
-    graph = flops.inference_graph(model)
+def training_graph_logits(model, weights_path, images):
+    """`model`'s logits from its training graph in inference mode: batch norm unfolded and GhostNetV3's
+    branches apart (networks/flops.py's graph, which takes one image), `weights_path` loaded through --load."""
+    with argscope([ConvBN, DepthConv], reparameterize=False):
+        graph = flops.inference_graph(model)
     with graph.as_default(), tfv1.Session() as sess:
         session_init(weights_path, model).init(sess)
-        logits = np.concatenate([sess.run(model.end_points['Logits'], {'input:0': [image]}) for image in images])
-    return logits, flops.total_params(graph), flops.total_multiply_adds(graph)
+        return np.concatenate([sess.run(model.end_points['Logits'], {'input:0': [image]}) for image in images])
 
 
-@pytest.mark.parametrize('width', sorted(TIMM_PARAMS))
-def test_graph_matches_timm_and_counts_its_parameters(width, timm_reference, timm_files):
-    timm_logits = timm_reference[width]['logits']
-    logits, params, multiply_adds = graph_run(ghostnet_pytorch(width), timm_files[width],
-                                              graph_input(seeded_images()))
+@pytest.mark.parametrize('arch_width', sorted(TIMM_MODELS), ids='{0[0]}-{0[1]}'.format)
+def test_graph_matches_timm_and_counts_its_parameters(arch_width, timm_reference, timm_files):
+    timm_logits = timm_reference[arch_width]['logits']
+    model = family_model(*arch_width)
+    logits = training_graph_logits(model, timm_files[arch_width], graph_input(seeded_images()))
     ratio = assert_matches_timm(logits, timm_logits, 'graph')
-    print('width {}: max |diff| / max |logit| {:.2e}; {:,} parameters, {:,} multiply-adds'.format(
-        width, ratio, params, multiply_adds))
-    assert params == timm_reference[width]['params'] == TIMM_PARAMS[width]
-    if width == 1.0:
-        assert multiply_adds == pytest.approx(PUBLISHED_MULTIPLY_ADDS, rel=0.03)
+    graph = flops.inference_graph(model)
+    params, multiply_adds = flops.total_params(graph), flops.total_multiply_adds(graph)
+    print('{}: max |diff| / max |logit| {:.2e}; {:,} parameters, {:,} multiply-adds'.format(
+        TIMM_MODELS[arch_width], ratio, params, multiply_adds))
+    assert params == timm_reference[arch_width]['params'] == TIMM_PARAMS.get(arch_width, params)
+    if arch_width in PUBLISHED_MULTIPLY_ADDS:
+        assert multiply_adds == pytest.approx(PUBLISHED_MULTIPLY_ADDS[arch_width], rel=0.03)
     # the images give other logits, far beyond the tolerance: the input counts
     assert np.abs(timm_logits[0] - timm_logits[1]).max() > 100 * 1e-4 * np.abs(timm_logits).max()
 
 
-def test_exported_formats_match_timm(timm_reference, timm_files, tmp_path):
-    model, images = ghostnet_pytorch(1.0), seeded_images()
-    timm_logits = timm_reference[1.0]['logits']
-    graph_def = export.frozen_serving_graph(model, timm_files[1.0])
+@pytest.mark.parametrize('arch', ['ghostnet-pytorch', 'ghostnetv2', 'ghostnetv3'])
+def test_exported_formats_match_timm(arch, timm_reference, timm_files, tmp_path):
+    model, images = family_model(arch, 1.0), seeded_images()
+    timm_logits = timm_reference[arch, 1.0]['logits']
+    graph_def = export.frozen_serving_graph(model, timm_files[arch, 1.0])
     saved_model = export.save_saved_model(graph_def, model.image_shape, str(tmp_path / 'saved_model'))
     tflite = export.export_tflite(saved_model, str(tmp_path / 'model.tflite'))
     onnx = export.save_onnx(graph_def, str(tmp_path / 'model.onnx'))
@@ -104,21 +117,27 @@ def test_exported_formats_match_timm(timm_reference, timm_files, tmp_path):
         'ONNX': onnxruntime.InferenceSession(onnx).run(['logits'], {'images': images})[0]}
     for name, logits in served.items():
         print('{}: max |diff| / max |logit| {:.2e}'.format(name, assert_matches_timm(logits, timm_logits, name)))
+    interpreter = Interpreter(tflite, num_threads=2)
+    interpreter.allocate_tensors()
+    op_names = [op['op_name'] for op in interpreter._get_ops_details()]
+    assert op_names.count('DELEGATE') == 1, op_names    # XNNPACK runs the whole network (DFC attention too)
+    if arch == 'ghostnetv3':   # fused: no branch left in the exported graph
+        assert not [node.name for node in graph_def.node if '/branch1/' in node.name]
 
 
 @pytest.fixture(scope='module')
 def small_graph():
     """(graph, model) of ghostnet-pytorch 1.0x built at 32x32 (the weights' shapes are those at 224x224)."""
-    model = ghostnet_pytorch(1.0, SMALL_IMAGE_SIZE)
+    model = family_model('ghostnet-pytorch', 1.0, SMALL_IMAGE_SIZE)
     with tf.Graph().as_default() as graph, TowerContext('', is_training=False):
         model.get_logits(model.image_preprocess(tfv1.placeholder(tf.float32, [None, 32, 32, 3])))
     return graph, model
 
 
-def edited(timm_reference, tmp_path, drop=(), add=(), reshape=(), width=1.0):
+def edited(timm_reference, tmp_path, drop=(), add=(), reshape=(), arch='ghostnet-pytorch', width=1.0):
     """A .safetensors file of the seeded weights less `drop`, plus `add` (keys), with `reshape` keys' values
     given another shape."""
-    weights = seeded_state_dict(timm_reference[width]['keys'])
+    weights = seeded_state_dict(timm_reference[arch, width]['keys'])
     weights = {key: value for key, value in weights.items() if key not in drop}
     weights.update({key: np.zeros(3, np.float32) for key in add})
     weights.update({key: np.zeros(weights[key].shape[::-1], np.float32) for key in reshape})
@@ -150,17 +169,17 @@ def test_a_file_that_does_not_fit_is_one_line_naming_the_key(small_graph, timm_r
 
 
 def test_fine_tuning_keeps_the_classifier_of_another_class_count(timm_reference, timm_files):
-    model = ghostnet_pytorch(1.0, SMALL_IMAGE_SIZE, num_classes=7)
+    model = family_model('ghostnet-pytorch', 1.0, SMALL_IMAGE_SIZE, num_classes=7)
     with tf.Graph().as_default(), TowerContext('', is_training=False):
         model.get_logits(model.image_preprocess(tfv1.placeholder(tf.float32, [None, 32, 32, 3])))
-        weights = StateDictInit(timm_files[1.0], model.scope, model.torch_layers(), model.classifier_scope)
+        weights = StateDictInit(timm_files[GHOSTNET_100], model.scope, model.torch_layers(), model.classifier_scope)
         weights._setup_graph()
         assert sorted(weights._skipped) == ['classifier.bias', 'classifier.weight']
         with tfv1.Session() as sess:
             sess.run(tfv1.global_variables_initializer())
             weights._run_init(sess)
             stem, = sess.run([v for v in tfv1.global_variables() if v.op.name == 'GhostNetPyTorch/Conv2d_0/W'])
-    np.testing.assert_array_equal(stem, seeded_state_dict(timm_reference[1.0]['keys'])['conv_stem.weight']
+    np.testing.assert_array_equal(stem, seeded_state_dict(timm_reference[GHOSTNET_100]['keys'])['conv_stem.weight']
                                   .transpose(2, 3, 1, 0))
 
 
@@ -241,9 +260,9 @@ def test_pth_files_are_read_by_torch_weights_only(monkeypatch, tmp_path):
 
 
 def test_a_state_dict_for_the_tf_release_is_one_error_line(timm_files, tmp_path):
-    message = run_main_error('--export', str(tmp_path), '--load', timm_files[1.0])
+    message = run_main_error('--export', str(tmp_path), '--load', timm_files[GHOSTNET_100])
     assert message == 'error: {}: a PyTorch state dict, which GhostNet can not load (--arch ghostnet-pytorch ' \
-                      'can)'.format(timm_files[1.0])
+                      'can)'.format(timm_files[GHOSTNET_100])
 
 
 def test_timm_file_evaluates_end_to_end(sample_dirs, timm_reference, tmp_path):
@@ -252,7 +271,7 @@ def test_timm_file_evaluates_end_to_end(sample_dirs, timm_reference, tmp_path):
     data_dir = sample_dirs['flat']
     with open(data_dir + '/caffe_ilsvrc12/val.txt') as f:
         labels = sorted({int(line.split()[1]) for line in f if line.strip()})
-    weights = seeded_state_dict(timm_reference[1.0]['keys'])
+    weights = seeded_state_dict(timm_reference[GHOSTNET_100]['keys'])
     weights['classifier.bias'][labels] += [1000] + [500] * (len(labels) - 1)
     path = str(tmp_path / 'model.safetensors')
     save_file(weights, path)
@@ -260,3 +279,73 @@ def test_timm_file_evaluates_end_to_end(sample_dirs, timm_reference, tmp_path):
                          '--image_size', '48', '--workers', '1', verbose=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-2:] == ['Top1 Error: {}'.format(1 - 1 / len(labels)), 'Top5 Error: 0.0']
+
+
+def small_family_graph(arch, width=1.0, reparameterize=True, num_classes=1000):
+    """(graph, model) of `arch` built at SMALL_FAMILY_SIZE, in inference mode."""
+    model = family_model(arch, width, SMALL_FAMILY_SIZE, num_classes)
+    with tf.Graph().as_default() as graph, TowerContext('', is_training=False), \
+            argscope([ConvBN, DepthConv], reparameterize=reparameterize):
+        model.get_logits(model.image_preprocess(
+            tfv1.placeholder(tf.float32, [None, SMALL_FAMILY_SIZE, SMALL_FAMILY_SIZE, 3], 'input')))
+    return graph, model
+
+
+def test_a_v2_file_for_v3_names_the_first_branch_it_lacks(timm_files):
+    graph, model = small_family_graph('ghostnetv3')
+    path = timm_files['ghostnetv2', 1.0]
+    with graph.as_default(), pytest.raises(CheckpointError) as error:
+        session_init(path, model)._setup_graph()
+    assert str(error.value) == ('{} does not fit the model: key blocks.0.0.ghost1.primary_rpr_conv.0.conv.weight is '
+                                'missing (expected shape [8, 16, 1, 1], for GhostNetV3/Conv2d_1_up_pointwise/conv1/'
+                                'branch0/W)'.format(path))
+
+
+def test_the_authors_v3_keys_load_as_timms(timm_reference, tmp_path):
+    """The authors' GhostNetV3 files call the branches' batch norms `bn` where timm has `bn1`."""
+    weights = seeded_state_dict(timm_reference['ghostnetv3', 1.0]['keys'])
+    authors = {key.replace('.bn1.', '.bn.') if '_rpr_' in key else key: value for key, value in weights.items()}
+    assert len([key for key in authors if '.bn.' in key]) > 100
+    path = str(tmp_path / 'ghostnetv3-1.0.safetensors')
+    save_file(authors, path)
+    graph, model = small_family_graph('ghostnetv3')
+    name = 'GhostNetV3/Conv2d_3_depthwise/branch2/bn/variance/EMA'
+    with graph.as_default(), tfv1.Session() as sess:
+        session_init(path, model).init(sess)
+        restored, = sess.run([v for v in tfv1.global_variables() if v.op.name == name])
+    np.testing.assert_array_equal(restored, weights['blocks.3.0.dw_rpr_conv.2.bn1.running_var'])
+
+
+def test_an_image_too_small_for_dfc_pooling_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit):
+        main.parse_args(['--fake', '--arch', 'ghostnetv2', '--image_size', '32'])
+    assert '--image_size is at least 33 for --arch ghostnetv2' in capsys.readouterr().err
+    family_model('ghostnetv2', 1.0, 33)   # the stride-32 maps are 2x2
+
+
+@pytest.fixture(scope='module')
+def family_sample(tmp_path_factory):
+    return write_sample_dataset(str(tmp_path_factory.mktemp('family_sample')), num_classes=4, train_per_class=16,
+                                val_per_class=4, image_size=64)
+
+
+@pytest.mark.parametrize('arch', ['ghostnetv2', 'ghostnetv3'])
+def test_trains_on_a_sample_and_exports_the_network_it_trained(arch, family_sample, tmp_path):
+    """A short training from scratch; then its checkpoint's export (GhostNetV3's branches fused) against the
+    training graph in inference mode (GhostNetV3's branches apart)."""
+    logdir = str(tmp_path / 'log')
+    result = run_main_py('--arch', arch, '--width_ratio', '0.5', '--image_size', str(SMALL_FAMILY_SIZE),
+                         '--batch', '16', '--workers', '1', '--epochs', '2', '--warmup_epochs', '0',
+                         '--data_dir', family_sample, '--logdir', logdir, verbose=False)
+    assert result.returncode == 0, result.stderr
+    checkpoint = tf.train.latest_checkpoint(logdir)
+    moving = tf.train.load_variable(checkpoint, '{}/Conv2d_5_up_pointwise/dfc/conv/bn/mean/EMA'.format(
+        family_model(arch, 1.0).scope))
+    assert np.abs(moving).max() > 0     # trained: batch norm's statistics moved from their start (zeros)
+    images = seeded_images(4, size=SMALL_FAMILY_SIZE)
+    graph, model = small_family_graph(arch, 0.5, reparameterize=False, num_classes=4)
+    with graph.as_default(), tfv1.Session() as sess:
+        session_init(checkpoint, model).init(sess)
+        trained = sess.run(model.end_points['Logits'], {'input:0': graph_input(images)})
+    exported = export.serving_function(export.frozen_serving_graph(model, checkpoint))(tf.constant(images))
+    np.testing.assert_allclose(exported['logits'].numpy(), trained, rtol=0, atol=1e-4 * np.abs(trained).max())
