@@ -281,13 +281,25 @@ def fused_branches(shape, depthwise, branches, kernel_name):
             kernel, bias = folded_batch_norm(identity_kernel(shape, depthwise), channels, depthwise)
         kernels.append(kernel)
         biases.append(bias)
-    return tf.add_n(kernels), tf.add_n(biases)
+    return summed(kernels), summed(biases)
+
+
+def summed(tensors):
+    """The sum of `tensors` as additions (converters fold ADD of constants, not ADD_N)."""
+    total = tensors[0]
+    for tensor in tensors[1:]:
+        total = total + tensor
+    return total
 
 
 def centred(kernel, shape):
-    """`kernel` zero-padded to `shape`'s height and width, at the centre."""
-    pads = [[(size - int(small)) // 2] * 2 for size, small in zip(shape[:2], kernel.shape[:2])]
-    return tf.pad(kernel, pads + [[0, 0], [0, 0]]) if any(pad[0] for pad in pads) else kernel
+    """A 1 x 1 `kernel` at the centre of one of `shape`'s height and width (a product with a constant mask,
+    which converters fold, where they leave a PAD of constants in the file)."""
+    if list(kernel.shape[:2]) == list(shape[:2]):
+        return kernel
+    mask = np.zeros(shape[:2] + [1, 1], np.float32)
+    mask[shape[0] // 2, shape[1] // 2] = 1.
+    return kernel * mask
 
 
 def identity_kernel(shape, depthwise):
@@ -362,7 +374,7 @@ def nearest_upsampled(x, size, data_format):
     doubled = tf.nn.depth_to_space(tf.concat([nhwc] * 4, 3), 2)
     for axis, target in zip((1, 2), size):
         if target % 2:
-            first = tf.slice(doubled, [0, 0, 0, 0], [-1 if a != axis else 1 for a in range(4)])
+            first = doubled[:, :1] if axis == 1 else doubled[:, :, :1]   # a strided slice, which XNNPACK runs
             doubled = tf.concat([first, doubled], axis)
     return tf.transpose(doubled, [0, 3, 1, 2]) if is_nchw(data_format) else doubled
 
