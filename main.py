@@ -468,6 +468,7 @@ def run_train(args, extra_callbacks=()):
 
 def raise_stopped(stop_request, global_step, is_chief):
     """TrainingStopped (a signal) or DataError (a dead worker), saying where it saved and how to resume."""
+    stop_request.report()   # the signals received while it saved, after the loop's last look
     if stop_request.saved:
         saved = 'saved {}; run the same command again to resume from it'.format(stop_request.saved)
     else:
