@@ -16,3 +16,9 @@ for _name in ('global_variables', 'local_variables', 'variables_initializer',
               'variable_scope', 'get_variable_scope'):
     if not hasattr(tf, _name):
         setattr(tf, _name, getattr(tf.compat.v1, _name))
+
+# Tensors and variables compare and hash by identity, as in TensorFlow 1 (the graphs here are TF1 graphs;
+# no code compares tensors with `==`). Under TensorFlow 2's equality every variable hash walks the context
+# stack, and tf-keras' legacy layers (tensorpack's BatchNorm) hash every global variable for each weight
+# they add: building a network with hundreds of batch norms (GhostNetV3's training form) took twice as long.
+tf.compat.v1.disable_tensor_equality()
