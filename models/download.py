@@ -259,7 +259,8 @@ def install_copy(cached, path, width):
 
 def eval_command(path, arch, width):
     """The main.py command that evaluates the family file at PATH."""
-    shown = os.path.relpath(path) if not os.path.relpath(path).startswith(os.pardir) else path
+    relative = os.path.relpath(path)
+    shown = path if relative.startswith(os.pardir) else relative   # models/NAME from the repo's root
     return "python main.py --eval --arch %s --width_ratio %s --load %s --data_dir %s" % (
         arch, width, shlex.quote(shown), DATA_DIR_PLACEHOLDER)
 
