@@ -110,10 +110,11 @@ def hold_dead_channels_constant(sess):
     the gain gamma / sqrt(epsilon), hundreds, would multiply int8's rounding errors of that constant. The
     float output moves by at most gamma * sqrt(variance / epsilon)."""
     variables = {variable.op.name: variable for variable in tfv1.global_variables()}
-    for name, variance in variables.items():
-        gamma = variables.get(name[:-len('variance/EMA')] + 'gamma') if name.endswith('/variance/EMA') else None
-        if gamma is not None:
-            sess.run(gamma.assign(tf.where(variance < BN_EPSILON, tf.zeros_like(gamma), gamma)))
+    gammas = {name[:-len('variance/EMA')] + 'gamma': name for name in variables if name.endswith('/variance/EMA')}
+    values = sess.run({gamma: (variables[gamma], variables[variance]) for gamma, variance in gammas.items()
+                       if gamma in variables})
+    for gamma, (scale, variance) in values.items():   # loaded through its initializer: no op added per batch norm
+        variables[gamma].load(np.where(variance < BN_EPSILON, 0., scale).astype(scale.dtype), sess)
 
 
 def serving_function(graph_def, outputs=SERVING_OUTPUTS):
