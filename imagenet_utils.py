@@ -27,6 +27,7 @@ tfv1 = tf.compat.v1
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
 EVAL_BATCH = 256     # evaluation's default total batch
+RMSPROP_DECAY, RMSPROP_EPSILON = 0.9, 1e-3   # --optimizer rmsprop: GhostNetV2's recipe (timm's RMSpropTF)
 
 
 def in_order(values_rgb, order):
@@ -54,6 +55,7 @@ class ImageNetModel(ModelDesc):
     weight_decay = 4e-5
     weight_decay_pattern = '/W'   # kernels; not the cheap ops' `DW`, biases or batch norm
     label_smoothing = 0.1
+    optimizer_name = 'sgd'
     momentum = 0.9
     nesterov = True
 
@@ -157,6 +159,8 @@ class ImageNetModel(ModelDesc):
     def optimizer(self):
         lr = tfv1.get_variable('learning_rate', initializer=0.1, trainable=False)
         tfv1.summary.scalar('learning_rate-summary', lr)
+        if self.optimizer_name == 'rmsprop':   # epsilon inside the square root, as timm's RMSpropTF
+            return tfv1.train.RMSPropOptimizer(lr, RMSPROP_DECAY, self.momentum, RMSPROP_EPSILON)
         return tfv1.train.MomentumOptimizer(lr, self.momentum, use_nesterov=self.nesterov)
 
 

@@ -35,7 +35,7 @@ from ghostnet import add_model_arguments, check_model_arguments
 from data import cifar
 from runtime.command_line import FlagParser
 from runtime.callbacks import (BadImageLog, ResumeAtGlobalStep, StopOnNonFiniteLoss, Validation, WarmupCosineSchedule,
-                       WarmupStepSchedule)
+                               WarmupExponentialSchedule, WarmupStepSchedule)
 from weights.checkpoint import CheckpointError, latest_intact_checkpoint, saved_checkpoints
 from runtime.preemption import SaveAndStop, StopRequest, signals_request_stop
 from weights.resume import ResumeInit
@@ -135,11 +135,20 @@ def get_parser():
                        help='default: the training images over the total batch')
     train.add_argument('--lr', type=float, help='learning rate per 256 images, scaled linearly to --batch '
                                                 '(0.1; CIFAR-10 0.2, which is 0.1 at batch 128)')
-    train.add_argument('--momentum', type=float, help='SGD momentum (0.9)')
-    train.add_argument('--nesterov', type=int, choices=[0, 1], help='Nesterov momentum (ghostnet 1, the others 0)')
-    train.add_argument('--lr_schedule', choices=['cosine', 'step'],
-                       help='after the warm-up: cosine decay to zero (ghostnet) or division by 10 at '
-                            '--lr_decay_at (the others)')
+    train.add_argument('--optimizer', choices=['sgd', 'rmsprop'],
+                       help='SGD with momentum (the default), or TensorFlow\'s RMSProp (decay 0.9, epsilon 1e-3, '
+                            '--momentum: ghostnetv2)')
+    train.add_argument('--momentum', type=float, help='momentum (0.9)')
+    train.add_argument('--nesterov', type=int, choices=[0, 1],
+                       help='Nesterov momentum, SGD only (ghostnet, ghostnetv3 1, the others 0)')
+    train.add_argument('--lr_schedule', choices=['cosine', 'step', 'exponential'],
+                       help='after the warm-up: cosine decay to zero (ghostnet, ghostnetv3), division by 10 at '
+                            '--lr_decay_at (ResNet, VGG), or x--lr_decay_rate every --lr_decay_every epochs '
+                            '(ghostnetv2)')
+    train.add_argument('--lr_decay_every', type=float, default=2.4,
+                       help='exponential schedule: epochs between decays (default: %(default)s)')
+    train.add_argument('--lr_decay_rate', type=float, default=0.973,
+                       help='exponential schedule: the factor of each decay (default: %(default)s)')
     train.add_argument('--lr_decay_at', help='step schedule: fractions of training where the learning rate is '
                                              'divided by 10 (resnet50 1/3,2/3; CIFAR-10 1/2,3/4)')
     train.add_argument('--warmup_epochs', type=float, help='linear warm-up (ghostnet 5, the others 0)')
@@ -203,6 +212,8 @@ def check_ranges(args, parser):
                for name in ('lr', 'weight_decay', 'warmup_epochs')]
     ranges += [('steps_per_epoch', args.steps_per_epoch is None or args.steps_per_epoch > 0, 'must be positive'),
                ('momentum', 0 <= args.momentum < 1, 'must be at least 0 and below 1'),
+               ('lr_decay_every', args.lr_decay_every > 0, 'must be positive'),
+               ('lr_decay_rate', 0 < args.lr_decay_rate <= 1, 'must be above 0 and at most 1'),
                ('label_smoothing', 0 <= args.label_smoothing < 1, 'must be at least 0 and below 1'),
                ('dropout_keep_prob', 0 < args.dropout_keep_prob <= 1, 'must be above 0 and at most 1'),
                ('min_crop_area', 0 < args.min_crop_area <= 1, 'must be above 0 and at most 1'),
@@ -387,11 +398,14 @@ def validation_callbacks(val_df, every_k_epochs, stop_request):
 
 
 def learning_rate_schedule(args, steps_per_epoch):
-    """--lr per 256 images at --batch, warmed up, then cosine or divided by 10 at --lr_decay_at."""
+    """--lr per 256 images at --batch, warmed up, then cosine, divided by 10 at --lr_decay_at, or exponential."""
     base_lr = args.lr * args.batch / 256
     warmup_steps, total_steps = int(args.warmup_epochs * steps_per_epoch), args.epochs * steps_per_epoch
     if args.lr_schedule == 'cosine':
         return WarmupCosineSchedule(base_lr, warmup_steps, total_steps)
+    if args.lr_schedule == 'exponential':
+        return WarmupExponentialSchedule(base_lr, warmup_steps, args.lr_decay_every * steps_per_epoch,
+                                         args.lr_decay_rate)
     return WarmupStepSchedule(base_lr, warmup_steps, [round(f * total_steps) for f in args.lr_decay_fractions])
 
 

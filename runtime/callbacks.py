@@ -91,6 +91,18 @@ class WarmupStepSchedule(StepwiseSchedule):
         return self.base_lr * 0.1 ** sum(step >= boundary for boundary in self.boundaries)
 
 
+class WarmupExponentialSchedule(StepwiseSchedule):
+    """Warm-up, then `base_lr` times `rate` for every `decay_steps` steps since the start (timm's step
+    scheduler, the warm-up's steps counted, as GhostNetV2's recipe runs it)."""
+
+    def __init__(self, base_lr, warmup_steps, decay_steps, rate):
+        super().__init__(base_lr, warmup_steps)
+        self.decay_steps, self.rate = decay_steps, rate
+
+    def decayed(self, step):
+        return self.base_lr * self.rate ** (step // self.decay_steps)
+
+
 class StopOnNonFiniteLoss(Callback):
     """Stops training at the first step whose total cost is NaN or infinite, before any later checkpoint."""
 

@@ -187,13 +187,14 @@ def test_folded_inference_matches_the_training_graph_and_every_exported_format(a
     stored = tf.train.load_checkpoint(checkpoint).get_variable_to_shape_map()
     assert stored.keys() == values.keys() and all(name.startswith(model.scope + '/') for name in stored)
     assert export.checkpoint_num_classes(ARCHITECTURES[arch].model, checkpoint) == 7
-    directory = export.export_saved_model(model, checkpoint, str(tmp_path / 'saved_model'))
+    graph_def = export.frozen_serving_graph(model, checkpoint)
+    directory = export.save_saved_model(graph_def, model.image_shape, str(tmp_path / 'saved_model'))
     rgb = images[..., ::-1].astype(np.uint8)
     served = tf.saved_model.load(directory).signatures['serving_default'](images=tf.constant(rgb))
     np.testing.assert_allclose(served['logits'].numpy(), unfolded, **tolerance)
     np.testing.assert_array_equal(served['top5'].numpy()[:, 0], unfolded.argmax(1))
     tflite = export.export_tflite(directory, str(tmp_path / 'model.tflite'))
-    onnx = export.save_onnx(export.frozen_serving_graph(model, checkpoint), str(tmp_path / 'model.onnx'))
+    onnx = export.save_onnx(graph_def, str(tmp_path / 'model.onnx'))
     for name, served_logits in (('TFLite', Interpreter(tflite).get_signature_runner()(images=rgb)['logits']),
                                 ('ONNX', onnxruntime.InferenceSession(onnx).run(['logits'], {'images': rgb})[0])):
         # XNNPACK and ONNX Runtime sum in other orders: within 1e-3 of the largest logit, as for GhostNet
