@@ -346,14 +346,14 @@ def GhostModule(x, filters, kernel_size=1, dw_size=3, ratio=2, strides=1, bn=Tru
         x = tf.nn.relu(x) if relu else x
     if attention:
         with tfv1.variable_scope('dfc'):
-            x = x * dfc_attention(inputs, filters, kernel_size, strides, data_format, x.shape)
+            x = gated_by_nearest(x, dfc_attention(inputs, filters, kernel_size, strides, data_format), data_format)
     return tf.identity(x, name='output')
 
 
-def dfc_attention(x, filters, kernel_size, strides, data_format, output_shape):
+def dfc_attention(x, filters, kernel_size, strides, data_format):
     """GhostNetV2's decoupled fully connected attention on a Ghost module's input `x`: 2x2 average pooling,
-    a conv + BN (`conv`), depthwise (1, 5) + BN (`horizontal`) and (5, 1) + BN (`vertical`), a sigmoid, and
-    nearest upsampling to the module's output size: a gate for each output value."""
+    a conv + BN (`conv`), depthwise (1, 5) + BN (`horizontal`) and (5, 1) + BN (`vertical`) and a sigmoid: a
+    gate at half the module's output size (see `gated_by_nearest`)."""
     spatial = spatial_axes(data_format)
     if min(int(x.shape[axis]) for axis in spatial) < 2:
         raise ValueError('{}: DFC attention pools 2x2 and its input is {}: use larger images'.format(
@@ -363,7 +363,22 @@ def dfc_attention(x, filters, kernel_size, strides, data_format, output_shape):
     x = ConvBN('conv', x, filters, kernel_size, strides=strides, **layer_args)
     x = DepthConv('horizontal', x, (1, 5), **layer_args)
     x = DepthConv('vertical', x, (5, 1), **layer_args)
-    return nearest_upsampled(tf.sigmoid(x), [int(output_shape[axis]) for axis in spatial], data_format)
+    return tf.sigmoid(x)
+
+
+def gated_by_nearest(x, gate, data_format):
+    """`x` times `gate` upsampled to its size as PyTorch's nearest interpolation does. Where `x`'s height and
+    width are even (every stage's but the last's at 224), the gate is not upsampled: NHWC `x` [N, H, W, C]
+    is seen as [N * H/2, 2, W/2, 2C] (row pairs; column pairs side by side in the channels) and multiplied,
+    broadcast over the row pair, by the gate's channels twice, seen as [N * H/2, 1, W/2, 2C]: one
+    multiplication where upsampling takes four copies of the full-size gate."""
+    height, width = (int(x.shape[axis]) for axis in spatial_axes(data_format))
+    if is_nchw(data_format) or height % 2 or width % 2:
+        return x * nearest_upsampled(gate, [height, width], data_format)
+    channels = int(x.shape[3])
+    row_pairs = tf.reshape(x, [-1, 2, width // 2, 2 * channels])
+    column_pairs = tf.reshape(tf.concat([gate, gate], 3), [-1, 1, width // 2, 2 * channels])
+    return tf.reshape(row_pairs * column_pairs, [-1, height, width, channels])
 
 
 def nearest_upsampled(x, size, data_format):

@@ -1,5 +1,6 @@
-"""What the benchmarks compare: GhostNet at its widths (tensorpack graph, export.py's files) and tf.keras
-MobileNetV3 (a tf.compat.v1 graph, a SavedModel and ONNX with export.py's serving signature)."""
+"""What the benchmarks compare: GhostNet at its widths and the Ghost family's PyTorch-form and V2 networks
+(tensorpack graph, export.py's files) and tf.keras MobileNetV3 (a tf.compat.v1 graph, a SavedModel and ONNX with
+export.py's serving signature)."""
 import os
 
 import compat  # noqa: F401  (must come before TensorFlow)
@@ -8,22 +9,25 @@ import tf2onnx
 from tensorpack.tfutils.tower import TowerContext
 
 from deploy import export
-from ghostnet import GhostNet
+from networks import ARCHITECTURES
 
 tfv1 = tf.compat.v1
 
 NUM_CLASSES = 1000
-GHOSTNET_WIDTHS = {'ghostnet-0.5': 0.5, 'ghostnet-1.0': 1.0, 'ghostnet-1.3': 1.3}
+# name -> (--arch, --width_ratio)
+GHOST_MODELS = {'ghostnet-0.5': ('ghostnet', 0.5), 'ghostnet-1.0': ('ghostnet', 1.0), 'ghostnet-1.3': ('ghostnet', 1.3),
+                'ghostnet-pytorch-1.0': ('ghostnet-pytorch', 1.0), 'ghostnetv2-1.0': ('ghostnetv2', 1.0)}
 KERAS_MODELS = {'mobilenetv3-large': 'MobileNetV3Large', 'mobilenetv3-small': 'MobileNetV3Small'}
-MODELS = tuple(GHOSTNET_WIDTHS) + tuple(KERAS_MODELS)
+MODELS = tuple(GHOST_MODELS) + tuple(KERAS_MODELS)
 
 
 class GhostNetSubject:
-    """GhostNet at a width: the tensorpack graph, and export.py's folded SavedModel."""
+    """A network of the Ghost family at a width: the tensorpack graph, and export.py's folded SavedModel."""
 
     def __init__(self, name, image_size):
         self.name = name
-        self.model = GhostNet(NUM_CLASSES, GHOSTNET_WIDTHS[name], image_shape=image_size)
+        arch, width = GHOST_MODELS[name]
+        self.model = ARCHITECTURES[arch].model(NUM_CLASSES, width, image_shape=image_size)
 
     def graph(self, training):
         """(session, image placeholder, label placeholder, train op or probabilities) in a fresh graph."""
@@ -128,6 +132,6 @@ def minimize(optimizer, cost):
 
 def subject(name, image_size):
     """The benchmark subject for a model name."""
-    if name in GHOSTNET_WIDTHS:
+    if name in GHOST_MODELS:
         return GhostNetSubject(name, image_size)
     return KerasSubject(name, image_size)

@@ -22,9 +22,8 @@ from matplotlib.figure import Figure  # noqa: E402
 from tensorpack.utils import logger  # noqa: E402
 
 from runtime.command_line import FlagParser  # noqa: E402
-from networks import flops  # noqa: E402
-from benchmarks.subjects import GHOSTNET_WIDTHS, KERAS_MODELS, NUM_CLASSES  # noqa: E402
-from ghostnet import GhostNet  # noqa: E402
+from networks import ARCHITECTURES, flops  # noqa: E402
+from benchmarks.subjects import GHOST_MODELS, KERAS_MODELS, NUM_CLASSES  # noqa: E402
 
 
 PANELS = {'graph': 'tensorpack / tf.keras graph', 'savedmodel': 'SavedModel', 'tflite': 'TFLite (LiteRT)',
@@ -36,14 +35,16 @@ FAMILIES = {  # legend label, colour, marker, models in plotting order
 POINT_LABELS = {  # text, offset from the point (points) clear of the neighbouring models
     'ghostnet-0.5': ('0.5x', (-8, 6)), 'ghostnet-1.0': ('1.0x', (8, -12)), 'ghostnet-1.3': ('1.3x', (8, -12)),
     'mobilenetv3-small': ('Small', (8, -12)), 'mobilenetv3-large': ('Large', (-8, 7)),
+    'ghostnet-pytorch-1.0': ('PyTorch 1.0x', (8, 6)), 'ghostnetv2-1.0': ('V2 1.0x', (8, -12)),
 }
-PAPER_MADDS_M = {'ghostnet-0.5': 42, 'ghostnet-1.0': 141, 'ghostnet-1.3': 226,
+PAPER_MADDS_M = {'ghostnet-0.5': 42, 'ghostnet-1.0': 141, 'ghostnet-1.3': 226, 'ghostnet-pytorch-1.0': 142,
+                 'ghostnetv2-1.0': 167,
                  'mobilenetv3-small': 56, 'mobilenetv3-large': 219}
 
 
-def ghostnet_multiply_adds(width, image_size):
-    """Multiply-adds of GhostNet at `width` on one image, counted on its tensorpack graph."""
-    model = GhostNet(NUM_CLASSES, width, image_shape=image_size)
+def ghostnet_multiply_adds(arch, width, image_size):
+    """Multiply-adds of the Ghost network `arch` at `width` on one image, counted on its tensorpack graph."""
+    model = ARCHITECTURES[arch].model(NUM_CLASSES, width, image_shape=image_size)
     return flops.total_multiply_adds(flops.inference_graph(model))
 
 
@@ -58,8 +59,8 @@ def keras_multiply_adds(constructor, image_size):
 
 def multiply_adds(name, image_size):
     """Multiply-adds of a benchmarks/speed.py model name at `image_size`."""
-    if name in GHOSTNET_WIDTHS:
-        return ghostnet_multiply_adds(GHOSTNET_WIDTHS[name], image_size)
+    if name in GHOST_MODELS:
+        return ghostnet_multiply_adds(*GHOST_MODELS[name], image_size)
     return keras_multiply_adds(KERAS_MODELS[name], image_size)
 
 
