@@ -10,6 +10,7 @@ Exit status: 0 done, 1 an error (one `error: ...` line), 2 bad flags, 75 trainin
 signal after saving a checkpoint (run the same command again to resume).
 """
 import argparse
+import atexit
 import fractions
 import gc
 import os
@@ -470,6 +471,7 @@ def run_train(args, extra_callbacks=()):
     with signals_request_stop(stop_request):
         launch_train_with_config(config, trainer)
     if stop_request.requested():
+        atexit.register(stop_request.report)   # the signals that come while the process ends are logged too
         raise_stopped(stop_request, trainer.loop.global_step, is_chief)
     if stop_on_nan.bad_step is not None:
         last_good = last_intact_checkpoint(args.logdir)
