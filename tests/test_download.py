@@ -75,6 +75,11 @@ def server(tmp_path):
         ("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
     srv.requests, srv.mode, srv.root = [], None, root
     srv.base_url = "http://127.0.0.1:%d/" % srv.server_address[1]
+    yield from serving(srv)
+
+
+def serving(srv):
+    """Serve `srv` on a thread while the fixture that yields from this is in use."""
     thread = threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield srv
@@ -290,12 +295,7 @@ def hub(tmp_path):
     srv.refs = {(V2_130_REPO, "main"): FAKE_COMMIT}
     srv.requests, srv.etags = [], {}
     srv.url = "http://127.0.0.1:%d" % srv.server_address[1]
-    thread = threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-    thread.join()
+    yield from serving(srv)
 
 
 @pytest.fixture
