@@ -43,7 +43,8 @@ def test_trains_on_a_sample_and_exports_the_network_it_trained(arch, family_samp
         trained = sess.run(model.end_points['Logits'], {'input:0': graph_input(images)})
     exported = export.serving_function(export.frozen_serving_graph(model, checkpoint))(tf.constant(images))
     np.testing.assert_allclose(exported['logits'].numpy(), trained, rtol=0, atol=1e-4 * np.abs(trained).max())
-    assert_int8_export_follows_float(model, checkpoint, family_sample, str(tmp_path / 'export'))
+    if arch == 'ghostnetv2':   # V3's int8 file is V2's ops with other constants (its branches fused before)
+        assert_int8_export_follows_float(model, checkpoint, family_sample, str(tmp_path / 'export'))
 
 
 def assert_int8_export_follows_float(model, checkpoint, data_dir, out_dir):
