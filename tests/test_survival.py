@@ -76,9 +76,10 @@ def test_sigterm_mid_epoch_saves_and_the_rerun_ends_exactly(data_dir, tmp_path):
     wait_for_line(proc, log, r'Start Epoch 2 ')
     proc.send_signal(signal.SIGTERM)
     wait_for_line(proc, log, r'Saving a checkpoint at global step \d+ before stopping')
-    proc.send_signal(signal.SIGTERM)      # a second one, while it saves, changes nothing
+    proc.send_signal(signal.SIGTERM)      # a second one, while it saves or ends, changes nothing
     status, output = finish(proc, log)
-    assert 'SIGTERM received while stopping: ignored' in output
+    # it is logged as ignored when it comes before the process's last report (the save of this small model may
+    # be over before the signal comes); test_signal_handler_only_records_and_the_loop_logs checks the line
     assert status == main.STOPPED, output[-5000:]
     stopped = re.search(r'^Training stopped by SIGTERM at global step (\d+): saved (\S+); run the same '
                         r'command again to resume from it$', output, re.M)
