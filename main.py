@@ -131,7 +131,8 @@ def get_parser():
                                         'training resumes from the latest checkpoint there')
     train.add_argument('--restart', action='store_true',
                        help='start afresh although --logdir holds a run (it is moved aside, not deleted)')
-    train.add_argument('--epochs', type=int, help='(ghostnet 400, resnet50 90, CIFAR-10 164)')
+    train.add_argument('--epochs', type=int,
+                       help='(ghostnet 400, ghostnetv2 450, ghostnetv3 300, resnet50 90, CIFAR-10 164)')
     train.add_argument('--steps_per_epoch', type=int,
                        help='default: the training images over the total batch')
     train.add_argument('--lr', type=float, help='learning rate per 256 images, scaled linearly to --batch '
@@ -152,12 +153,13 @@ def get_parser():
                        help='exponential schedule: the factor of each decay (default: %(default)s)')
     train.add_argument('--lr_decay_at', help='step schedule: fractions of training where the learning rate is '
                                              'divided by 10 (resnet50 1/3,2/3; CIFAR-10 1/2,3/4)')
-    train.add_argument('--warmup_epochs', type=float, help='linear warm-up (ghostnet 5, the others 0)')
+    train.add_argument('--warmup_epochs', type=float, help='linear warm-up (ghostnet 5, ghostnetv2 and v3 3, the others 0)')
     train.add_argument('--weight_decay', type=float,
-                       help='L2 on the kernels (ghostnet 4e-5 on .../W only; the others 1e-4)')
-    train.add_argument('--label_smoothing', type=float, help='(ghostnet 0.1, the others 0)')
+                       help='L2 on the kernels (ghostnet 4e-5 on .../W only; ghostnetv2 1e-5, v3 2e-5; the '
+                            'others 1e-4)')
+    train.add_argument('--label_smoothing', type=float, help='(the Ghost family 0.1, the others 0)')
     train.add_argument('--dropout_keep_prob', type=float,
-                       help='before the classifier (ghostnet 0.8, vgg16 0.5, the others 1)')
+                       help='before the classifier (ghostnet, ghostnetv2 0.8, vgg16 0.5, the others 1)')
     train.add_argument('--min_crop_area', type=float,
                        help='ImageNet: smallest random crop, as a fraction of the image (default 0.08; '
                             '0.49 for ghostnet below width 1)')
