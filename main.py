@@ -153,7 +153,8 @@ def get_parser():
                        help='exponential schedule: the factor of each decay (default: %(default)s)')
     train.add_argument('--lr_decay_at', help='step schedule: fractions of training where the learning rate is '
                                              'divided by 10 (resnet50 1/3,2/3; CIFAR-10 1/2,3/4)')
-    train.add_argument('--warmup_epochs', type=float, help='linear warm-up (ghostnet 5, ghostnetv2 and v3 3, the others 0)')
+    train.add_argument('--warmup_epochs', type=float,
+                       help='linear warm-up (ghostnet 5, ghostnetv2 and v3 3, the others 0)')
     train.add_argument('--weight_decay', type=float,
                        help='L2 on the kernels (ghostnet 4e-5 on .../W only; ghostnetv2 1e-5, v3 2e-5; the '
                             'others 1e-4)')
