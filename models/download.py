@@ -56,13 +56,17 @@ class DownloadError(Exception):
     """A transfer or verification failure, with a message for the user."""
 
 
-def git_blob_id(path):
-    """Return the git blob id (SHA-1 of b'blob SIZE\\0' + content) of a file."""
-    sha = hashlib.sha1(b"blob %d\0" % os.path.getsize(path))
+def hex_digest(path, digest):
+    """DIGEST (a hashlib object, maybe fed a header already) updated with the file's content, in hex."""
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(CHUNK), b""):
-            sha.update(chunk)
-    return sha.hexdigest()
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def git_blob_id(path):
+    """Return the git blob id (SHA-1 of b'blob SIZE\\0' + content) of a file."""
+    return hex_digest(path, hashlib.sha1(b"blob %d\0" % os.path.getsize(path)))
 
 
 def _progress(name, done, total):
@@ -152,11 +156,7 @@ def family_file_name(repo_id):
 
 def file_sha256(path):
     """Hex SHA-256 of a file's content."""
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            sha.update(chunk)
-    return sha.hexdigest()
+    return hex_digest(path, hashlib.sha256())
 
 
 def first_line(error):
