@@ -48,13 +48,14 @@ def test_trains_on_a_sample_and_exports_the_network_it_trained(arch, family_samp
 
 
 def assert_int8_export_follows_float(model, checkpoint, data_dir, out_dir):
-    """int8 export (calibrated on the sample's training images): int8 tensors, one XNNPACK partition, and logits
-    that follow the float file's on the validation images."""
+    """int8 export (calibrated on the sample's training images): int8 tensors, and logits that follow the float
+    file's on the validation images."""
     float_file, int8_file = export.export(model, checkpoint, out_dir, quantize='int8',
                                           representative=data_dir + '/train', validate=data_dir + '/val',
                                           bounds=(0, 1), name=model.scope.lower())[1:]
     images = export.load_rgb_batch(image_files(data_dir + '/val'), model)
-    logits = {path: Interpreter(path).get_signature_runner()(images=images)['logits'] for path in (float_file, int8_file)}
+    logits = {path: Interpreter(path).get_signature_runner()(images=images)['logits']
+              for path in (float_file, int8_file)}
     correlation = np.corrcoef(logits[float_file].ravel(), logits[int8_file].ravel())[0, 1]
     print('{}: int8 logits against float: correlation {:.4f}'.format(int8_file, correlation))
     assert correlation > 0.9
