@@ -1,7 +1,7 @@
 """int8 on trained models: GhostNet and Ghost-ResNet-56 trained on scikit-learn's digits (real handwritten
-images), exported by main.py --export --quantize int8 in this process, which prints the int8 file's agreement;
-the int8 file against the float file on held-back digits, in LiteRT's Interpreter and CompiledModel APIs;
-main.py --export refuses a file below the bounds."""
+images; their weights in tests/data, written by tests/digits.py), exported by main.py --export --quantize int8
+in this process, which prints the int8 file's agreement; the int8 file against the float file on held-back
+digits, in LiteRT's Interpreter and CompiledModel APIs; main.py --export refuses a file below the bounds."""
 import contextlib
 import io
 import os
@@ -17,38 +17,26 @@ import main
 from deploy import agreement, export
 from deploy.calibration import image_files
 from ghostnet import GhostNet
-from networks.resnet_cifar import ResNet56
 from test_export import run_compiled_model
 
-SIZE = 32            # the 8x8 digits upscaled, as CIFAR-10's networks take them
-HELD_BACK = 400
-GHOSTNET = dict(width=0.5, image_shape=SIZE)
-TRAINING = dict(steps=300, batch=64, lr=0.1)
-# GhostNet's seed 0 left int8 agreement 0.9725, one image above the bound; seed 1 measured 0.9875 (docs/int8.md)
-SEEDS = {'ghostnet': 1, 'ghost-resnet56': 0}
-
-
-def build(arch):
-    if arch == 'ghostnet':
-        return GhostNet(num_classes=digits.CLASSES, **GHOSTNET)
-    return ResNet56(digits.CLASSES, ghost=True, label_smoothing=0.1)
+HELD_BACK = digits.HELD_BACK
 
 
 def model_flags(arch, checkpoint):
-    """main.py's flags for the network `build(arch)` with `checkpoint`."""
+    """main.py's flags for the network `digits.build(arch)` with `checkpoint`."""
     if arch == 'ghostnet':
-        return ['--load', checkpoint, '--width_ratio', str(GHOSTNET['width']), '--image_size', str(SIZE)]
+        return ['--load', checkpoint, '--width_ratio', str(digits.GHOSTNET_WIDTH), '--image_size', str(digits.SIZE)]
     return ['--load', checkpoint, '--arch', arch]
 
 
 @pytest.fixture(scope='module')
 def folders(tmp_path_factory):
-    """{'train': training images in class folders, 'val': held-back ones} and the arrays behind them."""
-    images, labels = digits.digit_images(SIZE)
+    """{"train": the training digits in class folders, "val": the held-back ones}."""
+    images, labels = digits.digit_images(digits.SIZE)
     train, held_back = digits.split(images, labels, HELD_BACK)
     root = tmp_path_factory.mktemp('digits')
     return {'train': digits.write_class_folders(str(root / 'train'), *train),
-            'val': digits.write_class_folders(str(root / 'val'), *held_back), 'arrays': train}
+            'val': digits.write_class_folders(str(root / 'val'), *held_back)}
 
 
 @pytest.fixture(scope='module', params=['ghostnet', 'ghost-resnet56'])
@@ -56,11 +44,9 @@ def exported(request, folders, tmp_path_factory):
     """A network trained on the training digits, exported by `main.py --export OUT --quantize int8`
     in this process (calibrated on them, checked on the held-back ones): (model, checkpoint, float file,
     int8 file, what the export printed)."""
-    arch, model = request.param, build(request.param)
+    arch, model = request.param, digits.build(request.param)
     directory = tmp_path_factory.mktemp(arch)
-    images, labels = folders['arrays']
-    checkpoint = digits.train(model, digits.as_evaluated(model, images), labels, str(directory / 'model'),
-                              seed=SEEDS[arch], **TRAINING)
+    checkpoint = digits.trained_weights(arch, str(directory))
     out_dir, printed = str(directory / 'export'), io.StringIO()
     with contextlib.redirect_stdout(printed):
         main.main(['--export', out_dir, '--quantize', 'int8', '--representative', folders['train'],
