@@ -1,9 +1,12 @@
-"""main.py end to end on a generated sample: errors against numpy, layouts, checkpoints, bad input, demo."""
+"""main.py end to end on a generated sample: errors against numpy, layouts, checkpoints, bad input, demo; the
+demo's trained model exported by main.py to every format, as a user runs them (the CIFAR-10 counterpart is in
+test_cifar.py; every network's export parity is tested in-process in test_plugin.py)."""
 import os
 import re
 import shutil
 
 import numpy as np
+import onnxruntime
 import pytest
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
@@ -17,6 +20,7 @@ from ghostnet import GhostNet
 from weights.checkpoint import CheckedInit, check_checkpoint, checkpoint_variables
 from imagenet_utils import (decode_image, eval_augmentor, evaluate, evaluation_session_config, get_val_dataflow,
                             list_val_images)
+from test_plugin import random_images, randomized_graph, run_graph
 
 tfv1 = tf.compat.v1
 SMALL = ['--width_ratio', str(SMALL_WIDTH), '--image_size', str(SMALL_IMAGE_SIZE), '--batch', '5',
@@ -253,6 +257,31 @@ def test_int8_export_of_the_demo_model_agrees_with_float(demo, tmp_path):
     agreement = np.mean(predictions[int8_file] == predictions[float_file])
     print('int8 against float TFLite: top-1 agreement {:.0%} on {} images'.format(agreement, len(val)))
     assert agreement >= AGREEMENT_BOUND
+
+
+def test_the_demo_model_exports_to_every_format_with_parity(demo, tmp_path):
+    """main.py --export --tflite --onnx on the demo's training checkpoint: each file against the training graph
+    in inference mode (batch norm unfolded) on that checkpoint."""
+    data_dir, status, _, err = demo
+    assert status == 0, err
+    logdir, out = os.path.join(data_dir, 'train_log'), str(tmp_path / 'export')
+    run = run_main_py('--load', logdir, '--export', out, '--tflite', '--onnx', *SMALL[:4], verbose=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    model = GhostNet(num_classes=10, width=SMALL_WIDTH, image_shape=SMALL_IMAGE_SIZE)
+    graph, image, logits, values = randomized_graph(model, fold_bn=False)
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(logdir))
+    images = random_images(model)
+    reference = run_graph(graph, image, logits, {name: reader.get_tensor(name) for name in values}, images)
+    rgb = images[..., ::-1].astype(np.uint8)
+    file = os.path.join(out, 'ghostnet')
+    served = {
+        'SavedModel': tf.saved_model.load(os.path.join(out, 'saved_model')).signatures['serving_default'](
+            images=tf.constant(rgb))['logits'].numpy(),
+        'TFLite': Interpreter(file + '.tflite').get_signature_runner()(images=rgb)['logits'],
+        'ONNX': onnxruntime.InferenceSession(file + '.onnx').run(['logits'], {'images': rgb})[0]}
+    for name, served_logits in served.items():
+        np.testing.assert_allclose(served_logits, reference, rtol=1e-4, atol=1e-4 * np.abs(reference).max(),
+                                   err_msg=name)
 
 
 def test_nchw_without_gpu_is_a_usage_error(capfd, sample_dirs):
