@@ -3,6 +3,7 @@ batch norm unfolded, on a randomized checkpoint."""
 import contextlib
 import io
 import os
+from unittest import mock
 
 import cv2
 import numpy as np
@@ -168,6 +169,20 @@ def test_onnx_matches_tensorpack_in_onnxruntime(small, small_export):
     assert_parity(outputs['logits'], small.logits)
     np.testing.assert_allclose(outputs['probabilities'], tf.nn.softmax(small.logits), atol=1e-4)
     np.testing.assert_array_equal(outputs['top5'][:, 0], small.logits.argmax(1))
+
+
+def test_onnx_conversion_runs_again_with_tf2onnx_copies_when_it_fails_without(small, tmp_path):
+    convert, catch_errors = export.onnx_model, []
+
+    def failing_without_copies(graph_def):
+        catch_errors.append(os.environ.get('TF2ONNX_CATCH_ERRORS'))
+        if len(catch_errors) == 1:
+            raise ValueError('an optimizer failed')
+        return convert(graph_def)
+    with mock.patch.object(export, 'onnx_model', failing_without_copies):
+        path = export.save_onnx(export.frozen_serving_graph(small.model, small.checkpoint), str(tmp_path / 'm.onnx'))
+    assert catch_errors == ['FALSE', os.environ.get('TF2ONNX_CATCH_ERRORS')]
+    assert_parity(onnxruntime.InferenceSession(path).run(['logits'], {'images': small.images})[0], small.logits)
 
 
 def test_float_tflite_matches_tensorpack(small, small_export):
