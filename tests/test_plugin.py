@@ -42,6 +42,9 @@ PAPER = [
 # GhostNet's forms are held to their references instead (test_model.py, test_ghostnet_pytorch.py)
 NEW_ARCHS = [name for name in ARCHITECTURES if not name.startswith('ghostnet')]
 SMALL_IMAGENET = 64     # ResNet-50 at 64x64: the plumbing, not the paper's size
+# Converted to LiteRT and ONNX by the others' tests: ResNet-50's ops are ResNet-56's (plain and stride-2 convs,
+# projection shortcuts, the classifier) and Ghost-ResNet-50's stem (29 s of the suite for no other op)
+CONVERTED_AS_OTHERS = ('resnet50',)
 
 
 def parse(*flags):
@@ -170,20 +173,18 @@ def test_inference_by_parts_matches_the_concatenations_and_batch_norm(arch):
 
 
 @pytest.mark.parametrize('arch', NEW_ARCHS)
-def test_folded_inference_matches_the_training_graph_and_every_exported_format(arch, tmp_path):
+def test_exported_folded_inference_matches_the_training_graph(arch, tmp_path):
+    """The SavedModel (batch norm folded, the Ghost modules' outputs taken by parts, as every inference graph),
+    then LiteRT and ONNX, against the training graph in inference mode."""
     model = small_model(arch)
     images = random_images(model)
     graph, image, logits, values = randomized_graph(model, fold_bn=False)
     values = centered_classifier(model, values, run_graph(graph, image, logits, values, images))
     unfolded = run_graph(graph, image, logits, values, images)
-    folded_graph = randomized_graph(model, fold_bn=True)[:3]
-    folded = run_graph(*folded_graph, values, images)
     assert unfolded.shape == (len(images), 7) and len(set(unfolded.argmax(1))) > 1
     tolerance = dict(rtol=1e-4, atol=1e-4 * np.abs(unfolded).max())
-    np.testing.assert_allclose(folded, unfolded, **tolerance)
-    np.testing.assert_array_equal(folded.argmax(1), unfolded.argmax(1))
 
-    checkpoint = save_checkpoint(folded_graph[0], values, str(tmp_path / 'model'))
+    checkpoint = save_checkpoint(graph, values, str(tmp_path / 'model'))
     stored = tf.train.load_checkpoint(checkpoint).get_variable_to_shape_map()
     assert stored.keys() == values.keys() and all(name.startswith(model.scope + '/') for name in stored)
     assert export.checkpoint_num_classes(ARCHITECTURES[arch].model, checkpoint) == 7
@@ -193,6 +194,8 @@ def test_folded_inference_matches_the_training_graph_and_every_exported_format(a
     served = tf.saved_model.load(directory).signatures['serving_default'](images=tf.constant(rgb))
     np.testing.assert_allclose(served['logits'].numpy(), unfolded, **tolerance)
     np.testing.assert_array_equal(served['top5'].numpy()[:, 0], unfolded.argmax(1))
+    if arch in CONVERTED_AS_OTHERS:
+        return
     tflite = export.export_tflite(directory, str(tmp_path / 'model.tflite'))
     onnx = export.save_onnx(graph_def, str(tmp_path / 'model.onnx'))
     for name, served_logits in (('TFLite', Interpreter(tflite).get_signature_runner()(images=rgb)['logits']),
