@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from conftest import run_main_py, write_random_checkpoint
 from data.samples import write_sample_dataset
+import main
 
 SMALL = ['--width_ratio', '0.25', '--image_size', '32', '--batch', '16', '--workers', '2']
 STEPS_PER_EPOCH = 8     # 4 classes x 32 images / batch 16
@@ -52,12 +53,14 @@ def stats(logdir):
         return json.load(f)
 
 
-def test_short_training_learns_past_a_corrupt_image(data_dir, tmp_path):
+def test_short_training_learns_past_corrupt_images(data_dir, tmp_path):
     data = str(tmp_path / 'data')
     shutil.copytree(data_dir, data)
-    bad = os.path.join(data, 'train', 'n00000002', 'n00000002_5.JPEG')
-    with open(bad, 'wb') as f:
-        f.write(b'not a JPEG')
+    bad, bad_val = (os.path.join(data, 'train', 'n00000002', 'n00000002_5.JPEG'),
+                    os.path.join(data, 'val', 'ILSVRC2012_val_00000003.JPEG'))
+    for path in (bad, bad_val):
+        with open(path, 'wb') as f:
+            f.write(b'not a JPEG')
     logdir = str(tmp_path / 'log')
     status, output = train('--data_dir', data, '--logdir', logdir, '--epochs', '8', '--lr', '0.4',
                            '--warmup_epochs', '1', *SMALL)
@@ -70,6 +73,7 @@ def test_short_training_learns_past_a_corrupt_image(data_dir, tmp_path):
     assert 'Training done at global step 64' in output
     assert 'Skipped a training image that could not be decoded: {}'.format(bad) in output
     assert sum(epoch['bad_images'] for epoch in history) >= 1
+    assert output.count('Validation skipped 1 images that could not be decoded: {}'.format(bad_val)) == 8
     # validation is fed as --eval is: by --workers data workers of its own, timed per epoch
     assert 'Started 2 validation data workers' in output
     assert all(epoch['validation_seconds'] > 0 for epoch in history)
@@ -82,11 +86,30 @@ def schedule(step, base_lr, warmup_steps, total_steps):
     return base_lr / 2 * (1 + math.cos(math.pi * (step - warmup_steps) / (total_steps - warmup_steps)))
 
 
-def test_resume_continues_the_schedule(data_dir, one_epoch, tmp_path):
+def add_corrupt_checkpoint(logdir, step):
+    """A copy of the latest checkpoint saved as that of `step`, listed as the latest, its data cut in half."""
+    latest = tf.train.latest_checkpoint(logdir)
+    corrupt = os.path.join(logdir, 'model-{}'.format(step))
+    for suffix in ('.index', '.data-00000-of-00001'):
+        shutil.copyfile(latest + suffix, corrupt + suffix)
+    os.truncate(corrupt + '.data-00000-of-00001', os.path.getsize(corrupt + '.data-00000-of-00001') // 2)
+    tf.compat.v1.train.update_checkpoint_state(logdir, corrupt, [latest, corrupt])
+    return corrupt
+
+
+def test_resume_passes_over_a_corrupt_checkpoint_and_continues_the_schedule(data_dir, one_epoch, tmp_path):
+    """The latest checkpoint (a copy of the epoch's, its data cut in half) is unusable: the run resumes from the
+    newest intact one, at its place in the schedule."""
     logdir = copy_of(one_epoch, tmp_path)
+    intact = os.path.join(logdir, 'model-{}'.format(STEPS_PER_EPOCH))
+    corrupt = add_corrupt_checkpoint(logdir, STEPS_PER_EPOCH + 1)
     status, output = train('--data_dir', data_dir, '--logdir', logdir, '--epochs', '2', *ONE_EPOCH)
     assert status == 0, output
-    assert 'model-{}'.format(STEPS_PER_EPOCH) in re.search('Will load checkpoint at (.*)', output).group(1)
+    warning = re.search(r'The latest checkpoint (\S+) is unusable \((.*)\); using (\S+), the newest intact one',
+                        output)
+    assert warning and warning.group(1) == corrupt and warning.group(3) == intact, output[-5000:]
+    assert corrupt + '.data-00000-of-00001' in warning.group(2)
+    assert 'Will load checkpoint at {}.'.format(intact) in output
     first_lr = re.search(r'At global_step=(\d+), learning_rate is set to ([\d.]+)', output)
     assert int(first_lr.group(1)) == STEPS_PER_EPOCH
     base_lr = 0.4 * 16 / 256
@@ -98,10 +121,10 @@ def test_resume_continues_the_schedule(data_dir, one_epoch, tmp_path):
     assert saved.has_tensor('MobileNetV2/Conv2d_0/W/Momentum')
 
 
-def test_restart_needs_the_flag_and_keeps_the_old_run(data_dir, one_epoch, tmp_path):
+def test_restart_keeps_the_old_run_and_fake_data_trains_without_a_dataset(one_epoch, tmp_path):
     logdir = copy_of(one_epoch, tmp_path)
-    status, output = train('--data_dir', data_dir, '--logdir', logdir, '--epochs', '1', '--steps_per_epoch', '2',
-                           '--restart', *SMALL)
+    status, output = train('--fake', '--logdir', logdir, '--epochs', '1', '--steps_per_epoch', '2', '--restart',
+                           *SMALL)
     assert status == 0, output
     assert [epoch['global_step'] for epoch in stats(logdir)] == [2]
     kept = [name for name in os.listdir(str(tmp_path)) if name.startswith('log') and name != 'log']
@@ -132,24 +155,23 @@ def test_fine_tuning_restores_all_but_the_classifier(tmp_path):
         np.testing.assert_array_equal(after.get_tensor(name), before.get_tensor(name), err_msg=name)
 
 
-def test_fine_tuning_from_another_width_is_an_error(data_dir, tmp_path):
+def main_error(capfd, *flags):
+    """main.main in this process, which must stop with an `error: ...` exit and no traceback: the message."""
+    with pytest.raises(SystemExit) as stop:
+        main.main(list(flags))
+    out, err = capfd.readouterr()
+    assert 'Traceback' not in out + err
+    message = str(stop.value.code)
+    assert message.startswith('error: '), message
+    return message
+
+
+def test_fine_tuning_from_another_width_is_an_error(capfd, data_dir, tmp_path):
     source = write_random_checkpoint(str(tmp_path / 'w05' / 'model'), num_classes=1000, width=0.5)
-    status, output = train('--data_dir', data_dir, '--logdir', str(tmp_path / 'log'), '--load', source,
-                           '--epochs', '1', '--steps_per_epoch', '1', *SMALL)
-    assert status == 1
-    assert 'does not fit the model' in output and 'MobileNetV2/Conv2d_0/W' in output
-    assert 'Traceback' not in output
-
-
-def add_corrupt_checkpoint(logdir, step):
-    """A copy of the latest checkpoint saved as that of `step`, listed as the latest, its data cut in half."""
-    latest = tf.train.latest_checkpoint(logdir)
-    corrupt = os.path.join(logdir, 'model-{}'.format(step))
-    for suffix in ('.index', '.data-00000-of-00001'):
-        shutil.copyfile(latest + suffix, corrupt + suffix)
-    os.truncate(corrupt + '.data-00000-of-00001', os.path.getsize(corrupt + '.data-00000-of-00001') // 2)
-    tf.compat.v1.train.update_checkpoint_state(logdir, corrupt, [latest, corrupt])
-    return corrupt
+    message = main_error(capfd, '--data_dir', data_dir, '--logdir', str(tmp_path / 'log'), '--load', source,
+                         '--epochs', '1', '--steps_per_epoch', '1', *SMALL)
+    assert message.startswith('error: checkpoint {} does not fit the model'.format(source)), message
+    assert re.search(r'\n    MobileNetV2/\S+: checkpoint \[[\d, ]+\], model \[[\d, ]+\]\n', message), message
 
 
 def test_nan_loss_stops_and_names_the_newest_intact_checkpoint(data_dir, one_epoch, tmp_path):
@@ -163,22 +185,12 @@ def test_nan_loss_stops_and_names_the_newest_intact_checkpoint(data_dir, one_epo
     assert tf.train.latest_checkpoint(logdir) == corrupt     # nothing saved after the NaN
 
 
-def test_fake_data_trains_without_a_dataset(tmp_path):
-    logdir = str(tmp_path / 'log')
-    status, output = train('--fake', '--logdir', logdir, '--epochs', '1', '--steps_per_epoch', '3',
-                           '--width_ratio', '0.25', '--image_size', '32', '--batch', '4')
-    assert status == 0, output
-    assert stats(logdir)[-1]['global_step'] == 3
-
-
 @pytest.mark.parametrize('remove, expected', [
     ('train', 'train not found'), ('caffe_ilsvrc12/train.txt', 'train.txt')])
-def test_missing_training_data_is_a_clear_error(data_dir, tmp_path, remove, expected):
+def test_missing_training_data_is_a_clear_error(capfd, data_dir, tmp_path, remove, expected):
     data = str(tmp_path / 'data')
     shutil.copytree(data_dir, data)
     target = os.path.join(data, remove)
     shutil.rmtree(target) if os.path.isdir(target) else os.remove(target)
-    status, output = train('--data_dir', data, '--logdir', str(tmp_path / 'log'), *SMALL)
-    assert status == 1
-    assert expected in output and 'Traceback' not in output
+    assert expected in main_error(capfd, '--data_dir', data, '--logdir', str(tmp_path / 'log'), *SMALL)
     assert not os.path.exists(str(tmp_path / 'log' / 'checkpoint'))
