@@ -14,6 +14,7 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorpack.tfutils.tower import TowerContext  # noqa: E402
 
+import main  # noqa: E402
 from deploy import export  # noqa: E402
 from ghostnet import GhostNet  # noqa: E402
 from weights.checkpoint import checkpoint_variables  # noqa: E402
@@ -66,6 +67,18 @@ def pytest_runtest_setup(item):
     for marker in item.iter_markers('external_data'):
         if not os.path.isdir(REFERENCE_DIR):
             pytest.skip('external data missing: {}'.format(marker.kwargs['reason']))
+
+
+def main_error(capfd, *flags, lines=1):
+    """main.main in this process, which must stop with an `error: ...` exit of `lines` lines (a checkpoint
+    that does not fit lists its variables below the first), no result and no traceback: the message."""
+    with pytest.raises(SystemExit) as stop:
+        main.main(list(flags))
+    out, err = capfd.readouterr()
+    assert out == '' and 'Traceback' not in err, out + err
+    message = str(stop.value.code)
+    assert message.startswith('error: ') and (lines is None or message.count('\n') == lines - 1), message
+    return message
 
 
 # Small enough for CPU tests: the model and the images the sample and checkpoint fixtures use.

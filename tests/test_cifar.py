@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from data import cifar
 import main
-from conftest import run_main_py
+from conftest import main_error, run_main_py
 from data.samples import write_cifar_sample
 from imagenet_utils import DataError
 
@@ -35,17 +35,6 @@ def trained(data_dir, tmp_path_factory):
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     assert '--lr_schedule=step' in run.stderr and '--ratio=2' in run.stderr     # the recipe is logged
     return logdir
-
-
-def error_of(capfd, *flags):
-    """main.main stopping with one `error: ...` line and no traceback: the message."""
-    with pytest.raises(SystemExit) as stop:
-        main.main(list(flags))
-    err = capfd.readouterr().err
-    assert 'Traceback' not in err
-    message = str(stop.value.code)
-    assert message.startswith('error: ') and '\n' not in message
-    return message
 
 
 def test_sample_is_in_the_official_format(data_dir):
@@ -114,7 +103,7 @@ def broken(data_dir, tmp_path):
 
 
 def test_missing_folder_is_an_error_and_nothing_is_downloaded(tmp_path, capfd):
-    message = error_of(capfd, '--arch', 'resnet56', '--eval', '--data_dir', str(tmp_path / 'none'))
+    message = main_error(capfd, '--arch', 'resnet56', '--eval', '--data_dir', str(tmp_path / 'none'))
     assert 'none' in message and 'cifar-10-batches-py' in message and 'nothing is downloaded' in message
     assert os.listdir(tmp_path) == []
 
@@ -147,7 +136,7 @@ def test_bad_batch_file_is_named(broken, capfd, damage, expected):
         write_batch(path, {**batch, b'labels': np.array(3, np.int64)})
     else:
         write_batch(path, {**batch, b'data': batch[b'data'][:, :1024]})
-    message = error_of(capfd, '--arch', 'resnet56', '--eval', '--data_dir', broken)
+    message = main_error(capfd, '--arch', 'resnet56', '--eval', '--data_dir', broken)
     assert expected in message and broken in message
 
 
@@ -173,7 +162,7 @@ def test_bad_input_exits_with_status_1_and_one_error_line(tmp_path):
 
 
 def test_batch_larger_than_the_training_set_is_an_error(data_dir, tmp_path, capfd):
-    message = error_of(capfd, '--arch', 'resnet56', '--data_dir', data_dir, '--batch', '100000',
+    message = main_error(capfd, '--arch', 'resnet56', '--data_dir', data_dir, '--batch', '100000',
                        '--logdir', str(tmp_path / 'log'))
     assert '--batch 100000: 100000 images per tower and step' in message and 'training images' in message
 
@@ -193,6 +182,6 @@ def test_crafted_batch_file_is_refused_and_runs_nothing(broken, tmp_path, capfd)
     write_batch(os.path.join(broken, 'data_batch_1'), {b'data': RunsCode(marker), b'labels': []})
     with open(os.path.join(broken, 'data_batch_1'), 'rb') as f:
         assert b'system' in f.read()
-    message = error_of(capfd, '--arch', 'ghost-vgg16', '--data_dir', broken, '--epochs', '1')
+    message = main_error(capfd, '--arch', 'ghost-vgg16', '--data_dir', broken, '--epochs', '1')
     assert 'data_batch_1: not a CIFAR python batch file' in message and 'system' in message
     assert not os.path.exists(marker)

@@ -17,7 +17,7 @@ from tensorpack.tfutils.argscope import argscope
 from tensorpack.tfutils.tower import TowerContext
 
 import main
-from conftest import run_main_py
+from conftest import main_error, run_main_py
 from deploy import export
 from myconv2d import ConvBN, DepthConv
 from networks import build_model, flops
@@ -201,27 +201,18 @@ class WritesAFile:
         return open, (self.path, 'w')
 
 
-def run_main_error(*flags):
-    """main.main's `error: ` line for flags that must fail."""
-    with pytest.raises(SystemExit) as exit_info:
-        main.main(list(flags))
-    message = str(exit_info.value.code)
-    assert message.startswith('error: ') and '\n' not in message, message
-    return message
-
-
-def test_an_unreadable_safetensors_file_is_one_error_line(tmp_path):
+def test_an_unreadable_safetensors_file_is_one_error_line(capfd, tmp_path):
     path = tmp_path / 'bad.safetensors'
     path.write_bytes(b'not a state dict')
-    message = run_main_error('--arch', 'ghostnet-pytorch', '--export', str(tmp_path), '--load', str(path))
+    message = main_error(capfd, '--arch', 'ghostnet-pytorch', '--export', str(tmp_path), '--load', str(path))
     assert message.startswith('error: {}: not a readable safetensors file: '.format(path))
 
 
-def test_a_crafted_pickle_is_refused_and_never_runs(tmp_path):
+def test_a_crafted_pickle_is_refused_and_never_runs(capfd, tmp_path):
     marker = tmp_path / 'pwned'
     path = tmp_path / 'model.pth'
     path.write_bytes(pickle.dumps({'state_dict': WritesAFile(str(marker))}))
-    message = run_main_error('--arch', 'ghostnet-pytorch', '--export', str(tmp_path), '--load', str(path))
+    message = main_error(capfd, '--arch', 'ghostnet-pytorch', '--export', str(tmp_path), '--load', str(path))
     if importlib.util.find_spec('torch'):
         assert 'torch.load(weights_only=True) refused it' in message
     else:
@@ -267,8 +258,8 @@ def test_pth_files_are_read_by_torch_weights_only(monkeypatch, tmp_path):
                                '...'.format(path)
 
 
-def test_a_state_dict_for_the_tf_release_is_one_error_line(timm_files, tmp_path):
-    message = run_main_error('--export', str(tmp_path), '--load', timm_files[GHOSTNET_100])
+def test_a_state_dict_for_the_tf_release_is_one_error_line(capfd, timm_files, tmp_path):
+    message = main_error(capfd, '--export', str(tmp_path), '--load', timm_files[GHOSTNET_100])
     assert message == 'error: {}: a PyTorch state dict, which GhostNet can not load (--arch ghostnet-pytorch, ' \
                       'ghostnetv2 and ghostnetv3 can)'.format(timm_files[GHOSTNET_100])
 

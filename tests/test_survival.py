@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import ROOT, build_inference_graph, write_random_checkpoint
+from conftest import ROOT, build_inference_graph, main_error, write_random_checkpoint
 from processes import (PATIENCE, children, finish, processes_naming, start, wait_for_line, wait_until_gone,
                        wait_until_not_catching)
 from data.samples import write_sample_dataset
@@ -119,17 +119,6 @@ def truncated_checkpoint(tmp_path):
     """(checkpoint prefix, its data file cut in half) of a random NUM_CLASSES-class small model."""
     prefix = write_random_checkpoint(str(tmp_path / 'ckpt' / 'model'), num_classes=NUM_CLASSES)
     return prefix, truncate_data_file(prefix)
-
-
-def main_error(capfd, *args):
-    """main.main in this process, which must stop with one `error: ...` line: the message."""
-    with pytest.raises(SystemExit) as stop:
-        main.main(list(args))
-    out, err = capfd.readouterr()
-    assert 'Traceback' not in out + err
-    message = str(stop.value.code)
-    assert message.startswith('error: ') and '\n' not in message
-    return message
 
 
 @pytest.mark.parametrize('mode', ['eval', 'predict', 'export', 'train'])

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import run_main_py, write_random_checkpoint
+from conftest import main_error, run_main_py, write_random_checkpoint
 from data.samples import write_sample_dataset
-import main
 
 SMALL = ['--width_ratio', '0.25', '--image_size', '32', '--batch', '16', '--workers', '2']
 STEPS_PER_EPOCH = 8     # 4 classes x 32 images / batch 16
@@ -155,21 +154,10 @@ def test_fine_tuning_restores_all_but_the_classifier(tmp_path):
         np.testing.assert_array_equal(after.get_tensor(name), before.get_tensor(name), err_msg=name)
 
 
-def main_error(capfd, *flags):
-    """main.main in this process, which must stop with an `error: ...` exit and no traceback: the message."""
-    with pytest.raises(SystemExit) as stop:
-        main.main(list(flags))
-    out, err = capfd.readouterr()
-    assert 'Traceback' not in out + err
-    message = str(stop.value.code)
-    assert message.startswith('error: '), message
-    return message
-
-
 def test_fine_tuning_from_another_width_is_an_error(capfd, data_dir, tmp_path):
     source = write_random_checkpoint(str(tmp_path / 'w05' / 'model'), num_classes=1000, width=0.5)
     message = main_error(capfd, '--data_dir', data_dir, '--logdir', str(tmp_path / 'log'), '--load', source,
-                         '--epochs', '1', '--steps_per_epoch', '1', *SMALL)
+                         '--epochs', '1', '--steps_per_epoch', '1', *SMALL, lines=None)
     assert message.startswith('error: checkpoint {} does not fit the model'.format(source)), message
     assert re.search(r'\n    MobileNetV2/\S+: checkpoint \[[\d, ]+\], model \[[\d, ]+\]\n', message), message
 
