@@ -69,6 +69,14 @@ def pytest_runtest_setup(item):
             pytest.skip('external data missing: {}'.format(marker.kwargs['reason']))
 
 
+def run_main(capfd, *flags):
+    """main.main in this process, which must succeed: its stdout."""
+    assert main.main(list(flags)) == 0
+    out, err = capfd.readouterr()
+    assert 'Traceback' not in err
+    return out
+
+
 def main_error(capfd, *flags, lines=1):
     """main.main in this process, which must stop with an `error: ...` exit of `lines` lines (a checkpoint
     that does not fit lists its variables below the first), no result and no traceback: the message."""

@@ -10,7 +10,7 @@ import onnxruntime
 import pytest
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
-from conftest import (REFERENCE_DIR, SAMPLE, main_error, run_main_py, SMALL_IMAGE_SIZE, SMALL_WIDTH,
+from conftest import (REFERENCE_DIR, SAMPLE, main_error, run_main, run_main_py, SMALL_IMAGE_SIZE, SMALL_WIDTH,
                       build_inference_graph, needs_reference, write_random_checkpoint)
 
 from deploy import export
@@ -35,14 +35,6 @@ def run_cli(*args):
     """main.py in a subprocess: (exit status, stdout, stderr)."""
     proc = run_main_py(*args)
     return proc.returncode, proc.stdout, proc.stderr
-
-
-def run_main(capfd, *args):
-    """main.main in this process, which must succeed: its stdout."""
-    assert main.main(list(args)) == 0
-    out, err = capfd.readouterr()
-    assert 'Traceback' not in err
-    return out
 
 
 def reported_errors(stdout, num_images=NUM_VAL):

@@ -3,7 +3,6 @@ batch norm unfolded, on a randomized checkpoint."""
 import contextlib
 import io
 import os
-import sys
 from unittest import mock
 
 import cv2
@@ -25,7 +24,7 @@ from ghostnet import HEAD_CHANNELS, GhostNet
 from myconv2d import ConvBN, DepthConv, SELayer
 from weights.checkpoint import CheckpointError
 from imagenet_utils import DataError
-import main
+from conftest import main_error, run_main
 
 tfv1 = tf.compat.v1
 
@@ -330,17 +329,6 @@ def test_npz_checkpoint_and_class_count(small, tmp_path):
     assert_parity(signature(images=tf.constant(small.images))['logits'].numpy(), small.logits)
 
 
-def run_main(capfd, *flags):
-    """main.main in this process: (exit status, stdout, stderr), an `error:` exit's message last on stderr."""
-    try:
-        status = main.main(list(flags))
-    except SystemExit as stop:
-        status = 1
-        print(stop.code, file=sys.stderr)
-    out, err = capfd.readouterr()
-    return status, out, err
-
-
 def small_flags(case):
     return ['--load', case.checkpoint, '--width_ratio', str(SMALL['width']),
             '--image_size', str(SMALL['image_shape']),
@@ -349,8 +337,7 @@ def small_flags(case):
 
 
 def test_cli_predict_prints_top5_per_image(small, capfd):
-    status, out, err = run_main(capfd, '--predict', *small.paths[:2], *small_flags(small))
-    assert status == 0, err
+    out = run_main(capfd, '--predict', *small.paths[:2], *small_flags(small))
     lines = out.strip().splitlines()[-12:]
     for index in range(2):
         assert lines[6 * index] == small.paths[index]
@@ -361,6 +348,4 @@ def test_cli_predict_prints_top5_per_image(small, capfd):
 def test_cli_predict_names_a_file_that_is_not_an_image(small, tmp_path, capfd):
     not_image = tmp_path / 'notes.JPEG'
     not_image.write_text('not a JPEG')
-    status, out, err = run_main(capfd, '--predict', str(not_image), *small_flags(small))
-    assert status == 1
-    assert err.splitlines()[-1].startswith('error: ') and str(not_image) in err and 'Traceback' not in err
+    assert str(not_image) in main_error(capfd, '--predict', str(not_image), *small_flags(small))
