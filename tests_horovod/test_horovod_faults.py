@@ -50,14 +50,25 @@ def parent_pid(pid):
         return int(f.read().rsplit(')', 1)[1].split()[1])
 
 
+def python_parents(pids, rank):
+    """{pid: parent pid} of those of `pids` that run this Python as rank `rank`, leaving out any that has
+    ended since it was listed (a short-lived child)."""
+    python, parents = os.path.realpath(sys.executable), {}
+    for pid in pids:
+        try:
+            if os.path.realpath('/proc/{}/exe'.format(pid), strict=True) == python and horovod_rank(pid) == rank:
+                parents[pid] = parent_pid(pid)
+        except OSError:
+            continue
+    return parents
+
+
 def rank_pid(logdir, rank):
     """The pid of rank `rank`'s main.py: the Python process of that rank whose parent is not one (its data
     workers are its children; a shell horovodrun may start it through is not Python)."""
-    python = os.path.realpath(sys.executable)
-    pids = {pid for pid in processes_naming(logdir)
-            if os.path.realpath('/proc/{}/exe'.format(pid)) == python and horovod_rank(pid) == rank}
-    roots = [pid for pid in pids if parent_pid(pid) not in pids]
-    assert len(roots) == 1, (rank, pids, roots)
+    parents = python_parents(processes_naming(logdir), rank)
+    roots = [pid for pid, parent in parents.items() if parent not in parents]
+    assert len(roots) == 1, (rank, parents, roots)
     return roots[0]
 
 
