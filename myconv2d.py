@@ -367,18 +367,29 @@ def dfc_attention(x, filters, kernel_size, strides, data_format):
 
 
 def gated_by_nearest(x, gate, data_format):
-    """`x` times `gate` upsampled to its size as PyTorch's nearest interpolation does. Where `x`'s height and
-    width are even (every stage's but the last's at 224), the gate is not upsampled: NHWC `x` [N, H, W, C]
-    is seen as [N * H/2, 2, W/2, 2C] (row pairs; column pairs side by side in the channels) and multiplied,
-    broadcast over the row pair, by the gate's channels twice, seen as [N * H/2, 1, W/2, 2C]: one
-    multiplication where upsampling takes four copies of the full-size gate."""
+    """`x` times `gate` upsampled to its size as PyTorch's nearest interpolation does, part by part where `x`
+    is a Ghost module's concatenation: the output is then a concatenation of gated parts, which the layers
+    after it take apart in inference (`convolve_by_parts`), as they take an ungated module's. Where `x`'s
+    height and width are even (every stage's but the last's at 224), the gate is not upsampled but broadcast
+    over row and column pairs (`pairs_gated`)."""
+    parts = channel_parts(x, data_format)
     height, width = (int(x.shape[axis]) for axis in spatial_axes(data_format))
-    if is_nchw(data_format) or height % 2 or width % 2:
-        return x * nearest_upsampled(gate, [height, width], data_format)
-    channels = int(x.shape[3])
-    row_pairs = tf.reshape(x, [-1, 2, width // 2, 2 * channels])
-    column_pairs = tf.reshape(tf.concat([gate, gate], 3), [-1, 1, width // 2, 2 * channels])
-    return tf.reshape(row_pairs * column_pairs, [-1, height, width, channels])
+    upsampled = is_nchw(data_format) or height % 2 or width % 2
+    if upsampled:
+        gate = nearest_upsampled(gate, [height, width], data_format)
+    else:
+        gate = tf.reshape(gate, [-1, 1, width // 2, 1, int(gate.shape[3])])
+    gates = channel_slices(gate, part_sizes(parts, data_format), data_format) if len(parts) > 1 else [gate]
+    gated = [part * part_gate if upsampled else pairs_gated(part, part_gate) for part, part_gate in zip(parts, gates)]
+    return gated[0] if len(gated) == 1 else tf.concat(gated, channel_axis(data_format), name='gated')
+
+
+def pairs_gated(x, gate):
+    """NHWC `x` [N, H, W, C] seen as [N * H/2, 2, W/2, 2, C] (row pairs, column pairs) times `gate`
+    [N * H/2, 1, W/2, 1, C], broadcast over both pairs: no copy of the gate at `x`'s size."""
+    _, height, width, channels = x.shape.as_list()
+    pairs = tf.reshape(x, [-1, 2, width // 2, 2, channels])
+    return tf.reshape(pairs * gate, [-1, height, width, channels])
 
 
 def nearest_upsampled(x, size, data_format):

@@ -131,6 +131,9 @@ def test_exported_formats_match_timm(arch, timm_reference, timm_files, tmp_path)
     branch_convs = [node.name for node in graph_def.node
                     if node.op in ('Conv2D', 'DepthwiseConv2dNative') and '/branch' in node.name]
     assert not branch_convs, branch_convs   # GhostNetV3's branches fused: one conv per layer
+    up_outputs = [node.name for node in graph_def.node if node.op == 'ConcatV2' and re.search(
+        r'_up_pointwise/(concat|dfc/gated)$', node.name)]
+    assert not up_outputs, up_outputs   # the up modules' outputs, gated or not, are taken by parts
 
 
 @pytest.fixture(scope='module')
