@@ -26,7 +26,8 @@ import tensorflow as tf
 from tabulate import tabulate
 from tensorpack import (HorovodTrainer, QueueInput, SimpleTrainer, SyncMultiGPUTrainerReplicated,
                         TrainConfig, launch_train_with_config)
-from tensorpack.callbacks import ClassificationError, EstimatedTimeLeft, MinSaver, ModelSaver, PeriodicTrigger
+from tensorpack.callbacks import (ClassificationError, EstimatedTimeLeft, MinSaver, ModelSaver, MovingAverageSummary,
+                                  PeriodicTrigger, ProgressBar, RunUpdateOps)
 from tensorpack.dataflow import FakeData
 from tensorpack.utils import logger
 
@@ -35,8 +36,8 @@ from networks import flops
 from ghostnet import add_model_arguments, check_model_arguments
 from data import cifar
 from runtime.command_line import FlagParser
-from runtime.callbacks import (BadImageLog, ResumeAtGlobalStep, StopOnNonFiniteLoss, Validation, WarmupCosineSchedule,
-                               WarmupExponentialSchedule, WarmupStepSchedule)
+from runtime.callbacks import (BadImageLog, ResumeAtGlobalStep, StopOnNonFiniteLoss, SummariesAfterEpoch, Validation,
+                               WarmupCosineSchedule, WarmupExponentialSchedule, WarmupStepSchedule)
 from weights.checkpoint import CheckpointError, latest_intact_checkpoint, saved_checkpoints
 from runtime.preemption import SaveAndStop, StopRequest, signals_request_stop
 from weights.resume import ResumeInit
@@ -392,6 +393,11 @@ def check_batch_fits(args, batch_per_tower, num_images):
             args.batch, batch_per_tower, args.data_dir, num_images))
 
 
+def default_callbacks():
+    """tensorpack's default callbacks, with the epoch's summaries read after it (`SummariesAfterEpoch`)."""
+    return [MovingAverageSummary(), ProgressBar(), SummariesAfterEpoch(), RunUpdateOps()]
+
+
 def validation_callbacks(val_df, every_k_epochs, stop_request):
     """Top-1/top-5 error on val/ every few epochs (on the first tower; given up when training is asked to
     stop), and a copy of the best checkpoint."""
@@ -457,7 +463,7 @@ def get_config(args, towers, workers, is_chief, stop_on_nan, stop_request):
     weights = resume_init(args.logdir, model) if is_chief else None
     if weights is None and args.load and is_chief:
         weights = session_init(args.load, model, fine_tune_scope=model.classifier_scope)
-    return TrainConfig(session_init=weights, **config)
+    return TrainConfig(session_init=weights, extra_callbacks=default_callbacks(), **config)
 
 
 def run_train(args, extra_callbacks=()):

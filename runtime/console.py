@@ -62,7 +62,11 @@ class DropNoise(logging.Filter):
     """Drops tensorpack's notes that do not concern the run."""
 
     def filter(self, record):
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):   # print-style arguments (tensorpack's "Training failed at global_step=")
+            record.msg, record.args = ' '.join(str(part) for part in (record.msg,) + tuple(record.args)), ()
+            message = record.msg
         return not any(noise in message for noise in TENSORPACK_NOISE)
 
 

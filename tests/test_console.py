@@ -10,7 +10,7 @@ import pytest
 
 from conftest import SMALL_IMAGE_SIZE, SMALL_WIDTH, run_main_py, write_random_checkpoint
 from data.imagenet_classes import synset_words
-from runtime.console import LONGEST_LINE, ShortLines
+from runtime.console import LONGEST_LINE, DropNoise, ShortLines
 from runtime.native_log_router import CONTROL_PREFIX, Router
 
 TOP5_LINE = re.compile(r'^  \d\.\d{4}  n\d{8} \S')
@@ -76,3 +76,11 @@ def test_router_holds_back_native_notes_passes_the_rest_and_writes_the_log(capfd
 def test_long_log_lines_are_cut_on_the_terminal_only():
     record = logging.LogRecord('tensorpack', logging.WARNING, 'x.py', 1, 'y' * 1000, None, None)
     assert len(ShortLines(logging.Formatter('%(message)s')).format(record)) <= LONGEST_LINE
+
+
+def test_a_print_style_log_call_keeps_its_text_and_raises_nothing():
+    """tensorpack logs "Training failed at global_step=" with the step as a print-style argument; the filter
+    must not raise there (its error hid the exception that ended training)."""
+    record = logging.LogRecord('tensorpack', logging.ERROR, 'x.py', 1, 'Training failed at global_step=', (7,), None)
+    assert DropNoise().filter(record)
+    assert record.getMessage() == 'Training failed at global_step= 7'

@@ -66,6 +66,7 @@ def test_short_training_learns_past_corrupt_images(data_dir, tmp_path):
     assert status == 0, output
     history = stats(logdir)
     assert [epoch['global_step'] for epoch in history] == [STEPS_PER_EPOCH * (i + 1) for i in range(8)]
+    assert all({'cost', 'train-error-top1', 'learning_rate'} <= set(epoch) for epoch in history)   # the summaries
     assert min(epoch['val-error-top1'] for epoch in history) < 0.35     # chance is 0.75
     assert history[-1]['val-error-top1'] < 0.5
     assert os.path.exists(os.path.join(logdir, 'min-val-error-top1.index'))
