@@ -36,6 +36,7 @@ from networks import flops
 from ghostnet import add_model_arguments, check_model_arguments
 from data import cifar
 from runtime.command_line import FlagParser
+from runtime.session import InitializedSession
 from runtime.callbacks import (BadImageLog, ResumeAtGlobalStep, StopOnNonFiniteLoss, SummariesAfterEpoch, Validation,
                                WarmupCosineSchedule, WarmupExponentialSchedule, WarmupStepSchedule)
 from weights.checkpoint import CheckpointError, latest_intact_checkpoint, saved_checkpoints
@@ -463,7 +464,8 @@ def get_config(args, towers, workers, is_chief, stop_on_nan, stop_request):
     weights = resume_init(args.logdir, model) if is_chief else None
     if weights is None and args.load and is_chief:
         weights = session_init(args.load, model, fine_tune_scope=model.classifier_scope)
-    return TrainConfig(session_init=weights, extra_callbacks=default_callbacks(), **config)
+    return TrainConfig(session_init=weights, session_creator=InitializedSession(), extra_callbacks=default_callbacks(),
+                       **config)
 
 
 def run_train(args, extra_callbacks=()):

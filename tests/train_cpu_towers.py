@@ -18,11 +18,11 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorpack import Callback, launch_train_with_config  # noqa: E402
 from tensorpack.tfutils import get_default_sess_config  # noqa: E402
-from tensorpack.tfutils.sesscreate import NewSessionCreator  # noqa: E402
 
 import main  # noqa: E402
 from runtime.callbacks import StopOnNonFiniteLoss  # noqa: E402
 from runtime.preemption import StopRequest  # noqa: E402
+from runtime.session import InitializedSession  # noqa: E402
 
 TOWERS = 2
 
@@ -87,7 +87,7 @@ if __name__ == '__main__':
     session_config = get_default_sess_config()
     session_config.device_count['CPU'] = TOWERS     # the session's devices /cpu:0 and /cpu:1
     session_config.inter_op_parallelism_threads = 8   # with 2 (the cores) the towers' staging ops deadlock
-    config.session_creator = NewSessionCreator(config=session_config)
+    config.session_creator = InitializedSession(config=session_config)
     placement = TowersOnCPUDevices()
     config.callbacks += [placement, DumpVariables(out, placement)]
     launch_train_with_config(config, trainer)
