@@ -37,7 +37,7 @@ from ghostnet import add_model_arguments, check_model_arguments
 from data import cifar
 from runtime.command_line import FlagParser
 from runtime.session import InitializedSession
-from runtime.callbacks import (BadImageLog, ResumeAtGlobalStep, StopOnNonFiniteLoss, SummariesAfterEpoch, Validation,
+from runtime.callbacks import (BadImageLog, ResumeAtGlobalStep, StopOnNonFiniteLoss, SummariesOfTheLastStep, Validation,
                                WarmupCosineSchedule, WarmupExponentialSchedule, WarmupStepSchedule)
 from weights.checkpoint import CheckpointError, latest_intact_checkpoint, saved_checkpoints
 from runtime.preemption import SaveAndStop, StopRequest, signals_request_stop
@@ -395,8 +395,8 @@ def check_batch_fits(args, batch_per_tower, num_images):
 
 
 def default_callbacks():
-    """tensorpack's default callbacks, with the epoch's summaries read after it (`SummariesAfterEpoch`)."""
-    return [MovingAverageSummary(), ProgressBar(), SummariesAfterEpoch(), RunUpdateOps()]
+    """tensorpack's default callbacks, with the epoch's summaries fetched at every step (`SummariesOfTheLastStep`)."""
+    return [MovingAverageSummary(), ProgressBar(), SummariesOfTheLastStep(), RunUpdateOps()]
 
 
 def validation_callbacks(val_df, every_k_epochs, stop_request):

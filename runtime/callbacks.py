@@ -104,18 +104,22 @@ class WarmupExponentialSchedule(StepwiseSchedule):
         return self.base_lr * self.rate ** (step // self.decay_steps)
 
 
-class SummariesAfterEpoch(Callback):
-    """The summaries (of variables: the learning rate and the moving averages) read on their own after each
-    epoch (the learning rate is then the next step's). tensorpack's default fetches them with the epoch's last
-    step: a step that fetches more than the others is a run signature of its own, which TensorFlow optimizes
-    anew (grappler: 3-8 s on the Ghost networks' training graphs, once per process)."""
+class SummariesOfTheLastStep(Callback):
+    """tensorpack's default summaries (those of the epoch's last step), fetched at every step and kept at the
+    last: tensorpack fetches them with the last step alone, and a step that fetches more than the others is a
+    run signature of its own, which TensorFlow optimizes anew (grappler: 3-8 s on the Ghost networks'
+    training graphs, once per process). Merging a few scalars costs a step nothing measurable."""
 
     def _setup_graph(self):
-        self.summaries = tfv1.summary.merge_all()
+        summaries = tfv1.summary.merge_all()
+        self.fetches = None if summaries is None else tfv1.train.SessionRunArgs(summaries)
 
-    def _trigger_epoch(self):
-        if self.summaries is not None:
-            self.trainer.monitors.put_summary(self.trainer.sess.run(self.summaries))
+    def _before_run(self, _):
+        return self.fetches
+
+    def _after_run(self, _, run_values):
+        if run_values.results is not None and self.local_step == self.trainer.steps_per_epoch - 1:
+            self.trainer.monitors.put_summary(run_values.results)
 
 
 class StopOnNonFiniteLoss(Callback):
