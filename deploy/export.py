@@ -102,29 +102,30 @@ def frozen_serving_graph(model, checkpoint, fold_bn=True, outputs=SERVING_OUTPUT
         session_init(checkpoint, model).init(sess)
         if dead_channels_constant:
             hold_dead_channels_constant(sess)
+        weights = sess.run(weights_of_the_images_ops(graph))
         frozen = tfv1.graph_util.convert_variables_to_constants(sess, graph.as_graph_def(), list(outputs))
-    return weights_evaluated(frozen, outputs)
+    return with_weights_constant(frozen, weights, outputs)
 
 
-def weights_evaluated(graph_def, outputs):
-    """`graph_def` with every value the images' ops take that does not depend on the images (a kernel with its
-    batch norm folded, GhostNetV3's fused branches, a part of either) evaluated into a constant: the
-    converters then have nothing to fold (LiteRT's left some of V3's fused kernels as ops, which XNNPACK does
-    not take), and a call computes no weight."""
-    graph = tf.Graph()
-    with graph.as_default():
-        tfv1.import_graph_def(graph_def, name='')
+def weights_of_the_images_ops(graph):
+    """{name: tensor} of every value the images' ops take that does not depend on the images and is not a
+    constant: the variables' reads, and what is computed from them (a kernel with its batch norm folded,
+    GhostNetV3's fused branches, a part of either)."""
     fed = image_dependent_ops(graph)
-    computed = {tensor.name: tensor for op in fed for tensor in op.inputs
-                if tensor.op not in fed and tensor.op.type != 'Const'}
-    with tfv1.Session(graph=graph) as sess:
-        values = sess.run(computed)
+    return {tensor.name: tensor for op in fed for tensor in op.inputs
+            if tensor.op not in fed and tensor.op.type != 'Const'}
+
+
+def with_weights_constant(graph_def, weights, outputs):
+    """`graph_def` with the `weights` ({tensor name: value}) as constants in place of the ops that computed
+    them: the converters then have nothing to fold (LiteRT's left some of V3's fused kernels as ops, which
+    XNNPACK does not take), and a call computes no weight."""
     evaluated = tfv1.GraphDef()
     evaluated.CopyFrom(graph_def)
-    constant_names = {name: name.replace(':', '/evaluated_') for name in computed}
-    for name, value in values.items():
+    constant_names = {name: name.replace(':', '/evaluated_') for name in weights}
+    for name, value in weights.items():
         node = evaluated.node.add(name=constant_names[name], op='Const')
-        node.attr['dtype'].type = computed[name].dtype.as_datatype_enum
+        node.attr['dtype'].type = tf.as_dtype(value.dtype).as_datatype_enum
         node.attr['value'].tensor.CopyFrom(tf.make_tensor_proto(value))
     for node in evaluated.node:
         node.input[:] = [constant_names.get(name if ':' in name else name + ':0', name) for name in node.input]
