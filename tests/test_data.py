@@ -2,6 +2,7 @@
 import itertools
 import os
 import shutil
+import threading
 
 import cv2
 import numpy as np
@@ -136,6 +137,28 @@ def test_dataflow_does_not_depend_on_workers(sample_dirs):
     assert one == three and len(one) == len(examples)
     assert sizes == [5, 5, 2]
     assert [label for label, _ in one] == [label for _, label in examples]
+
+
+def mapped_in_time(dataflow, seconds):
+    """[index] of every datapoint of one pass of an [index, image] `dataflow`, or as many as came in `seconds`."""
+    dataflow.reset_state()
+    mapped = []
+    reader = threading.Thread(target=lambda: mapped.extend(int(index) for index, _ in dataflow), daemon=True)
+    reader.start()
+    reader.join(seconds)    # left waiting on failure: a daemon thread, the workers die with the process
+    return mapped
+
+
+def test_small_fast_passes_lose_no_datapoint():
+    """Passes whose whole buffer is sent as the workers start, mapped in microseconds: the first worker to connect
+    could be sent most of it, and its socket dropped the replies beyond the 1/num_proc tensorpack let it queue,
+    so that the pass waited forever (1 to 15 passes in, before the fix)."""
+    def to_image(datapoint):
+        return [datapoint[0], np.full((32, 32, 3), datapoint[0], np.uint8)]
+    for workers in [1, 3] * 30:
+        dataflow = OrderedWatchedMapData(DataFromList([[k] for k in range(12)], shuffle=False), workers, to_image,
+                                         buffer_size=12)
+        assert mapped_in_time(dataflow, 10) == list(range(12)), '{} workers'.format(workers)
 
 
 def test_dataflow_stops_at_an_undecodable_image(sample_copy):
