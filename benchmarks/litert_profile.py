@@ -21,6 +21,7 @@ from tensorpack.utils import logger
 from deploy import export
 from networks import flops
 from runtime.command_line import FlagParser
+from runtime.session import without_graph_optimization
 from benchmarks.harness import (add_timing_arguments, machine, parse_timing_args, random_images, result_path,
                                 time_interleaved, tflite_call, write_report)
 from benchmarks.subjects import NUM_CLASSES
@@ -35,7 +36,7 @@ HEAD = 'head'   # global pool, Conv2d_18, the classifier, softmax and top-5: the
 def frozen_cuts(model):
     """The frozen serving graph (random weights) with a node `cut_<block>` on each block's output."""
     graph = export.serving_graph(model)
-    with graph.as_default(), tfv1.Session(graph=graph) as sess:
+    with graph.as_default(), tfv1.Session(graph=graph, config=without_graph_optimization()) as sess:
         for block in CUT_BLOCKS:
             tf.identity(model.end_points[block], name='cut_' + block)
         sess.run(tfv1.global_variables_initializer())

@@ -25,6 +25,7 @@ from tensorpack.utils import logger
 from data import imagenet_classes
 from deploy import agreement
 from deploy.calibration import calibration_and_held_back
+from runtime.session import without_graph_optimization
 from weights.checkpoint import CheckpointError, checkpoint_shapes, resolve_checkpoint
 from weights.state_dict import is_state_dict, session_init, state_dict_num_classes
 from imagenet_utils import DataError, decode_image
@@ -98,7 +99,7 @@ def frozen_serving_graph(model, checkpoint, fold_bn=True, outputs=SERVING_OUTPUT
     """`serving_graph` with the checkpoint's values as constants, cut to the nodes `outputs` names (with
     `dead_channels_constant`, see `hold_dead_channels_constant`); CheckpointError if it does not fit."""
     graph = serving_graph(model, fold_bn)
-    with graph.as_default(), tfv1.Session(graph=graph) as sess:
+    with graph.as_default(), tfv1.Session(graph=graph, config=without_graph_optimization()) as sess:
         session_init(checkpoint, model).init(sess)
         if dead_channels_constant:
             hold_dead_channels_constant(sess)

@@ -1,4 +1,5 @@
-"""The training session: tensorpack's, with its variables and tables initialized in one run."""
+"""Sessions: the training session (tensorpack's, its variables and tables initialized in one run), and sessions
+that only load and read weights (an export's)."""
 import compat  # noqa: F401  (must come before TensorFlow)
 import tensorflow as tf
 from tensorpack.tfutils.sesscreate import NewSessionCreator
@@ -16,3 +17,12 @@ class InitializedSession(NewSessionCreator):
         session.run(tf.group(tfv1.global_variables_initializer(), tfv1.local_variables_initializer(),
                              tfv1.tables_initializer()))
         return session
+
+
+def without_graph_optimization():
+    """A session config with grappler off, for sessions that only assign and read variables (or run a few images,
+    where speed does not count): at each new set of fetched ops grappler's passes over a large graph take
+    seconds (2-3 s of GhostNetV3's export) and find nothing to improve in assignments and reads."""
+    config = tfv1.ConfigProto()
+    config.graph_options.rewrite_options.disable_meta_optimizer = True
+    return config

@@ -21,6 +21,7 @@ from conftest import main_error, run_main_py
 from deploy import export
 from myconv2d import ConvBN, DepthConv
 from networks import build_model, flops
+from runtime.session import without_graph_optimization
 from timm_fixtures import TIMM_MODELS, load_fixture, seeded_images, seeded_state_dict
 from weights.checkpoint import CheckpointError
 from weights.state_dict import StateDictInit, read_state_dict, session_init
@@ -79,7 +80,7 @@ def training_graph_logits(model, weights_path, images):
     branches apart (networks/flops.py's graph, which takes one image), `weights_path` loaded through --load."""
     with argscope([ConvBN, DepthConv], reparameterize=False):
         graph = flops.inference_graph(model)
-    with graph.as_default(), tfv1.Session() as sess:
+    with graph.as_default(), tfv1.Session(config=without_graph_optimization()) as sess:
         session_init(weights_path, model).init(sess)
         logits = [sess.run(model.end_points['Logits'], {'input:0': [image]}) for image in images]
     return np.concatenate(logits), graph

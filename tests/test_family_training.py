@@ -10,6 +10,7 @@ from conftest import run_main_py
 from data.samples import write_sample_dataset
 from deploy import export
 from deploy.calibration import image_files
+from runtime.session import without_graph_optimization
 from test_family import SMALL_FAMILY_SIZE, family_model, graph_input, small_family_graph
 from timm_fixtures import seeded_images
 from weights.state_dict import session_init
@@ -43,7 +44,7 @@ def test_trains_on_a_sample_and_exports_the_network_it_trained(arch, family_samp
         return
     images = seeded_images(4, size=SMALL_FAMILY_SIZE)
     graph, model = small_family_graph(arch, 0.5, reparameterize=False, num_classes=4)
-    with graph.as_default(), tfv1.Session() as sess:
+    with graph.as_default(), tfv1.Session(config=without_graph_optimization()) as sess:
         session_init(checkpoint, model).init(sess)
         trained = sess.run(model.end_points['Logits'], {'input:0': graph_input(images)})
     exported = export.serving_function(export.frozen_serving_graph(model, checkpoint))(tf.constant(images))

@@ -13,6 +13,7 @@ from conftest import random_values
 from deploy import export
 from networks import flops
 import main
+from runtime.session import without_graph_optimization
 from weights.checkpoint import CheckpointError, checkpoint_variables
 from weights.resume import ResumeInit
 from myconv2d import ConvBN, DepthConv, SELayer
@@ -123,7 +124,7 @@ def ops_computing(tensor):
 
 
 def run_graph(graph, image, logits, values, images):
-    with graph.as_default(), tfv1.Session() as sess:
+    with graph.as_default(), tfv1.Session(config=without_graph_optimization()) as sess:
         load_values(sess, values)
         return sess.run(logits, {image: images})
 
@@ -148,7 +149,7 @@ def centered_classifier(model, values, logits):
 
 def save_checkpoint(graph, values, prefix):
     """The values saved as a TF checkpoint of the graph's checkpoint variables."""
-    with graph.as_default(), tfv1.Session() as sess:
+    with graph.as_default(), tfv1.Session(config=without_graph_optimization()) as sess:
         load_values(sess, values)
         return tfv1.train.Saver(checkpoint_variables()).save(sess, prefix, write_meta_graph=False)
 
