@@ -1,5 +1,5 @@
 """Sessions: the training session (tensorpack's, its variables and tables initialized in one run), and sessions
-that only load and read weights (an export's)."""
+that only load and compute weights (an export's)."""
 import compat  # noqa: F401  (must come before TensorFlow)
 import tensorflow as tf
 from tensorpack.tfutils.sesscreate import NewSessionCreator
@@ -20,9 +20,10 @@ class InitializedSession(NewSessionCreator):
 
 
 def without_graph_optimization():
-    """A session config with grappler off, for sessions that only assign and read variables (or run a few images,
-    where speed does not count): at each new set of fetched ops grappler's passes over a large graph take
-    seconds (2-3 s of GhostNetV3's export) and find nothing to improve in assignments and reads."""
+    """A session config with grappler off, for sessions that run no image, only assign variables and compute the
+    weights from them (or run a few images, where speed does not count): at each new set of fetched ops
+    grappler's passes over a large graph take seconds (2-3 s of GhostNetV3's export) and find nothing to improve
+    in such runs."""
     config = tfv1.ConfigProto()
     config.graph_options.rewrite_options.disable_meta_optimizer = True
     return config

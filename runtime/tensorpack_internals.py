@@ -20,19 +20,21 @@ PRIVATE_NAMES = (
     (MultiProcessMapDataZMQ, 'socket', 'instance attribute: the socket the mapped datapoints arrive on'),
     (MultiProcessMapDataZMQ, 'context', 'instance attribute: the ZMQ context of that socket'),
     (MultiProcessMapDataZMQ, '_reset_done', 'instance attribute: whether the workers were started'),
-    (MultiProcessMapDataZMQ, '_buffer_size', 'instance attribute: how many datapoints can be in flight at once'),
     (InferenceRunner, '_hooked_sess', 'instance attribute: the session that runs one batch'),
 )
+
+UNBOUNDED_QUEUE = 0   # ZMQ's high-water mark for no limit
 
 
 class HookedMapDataZMQ(MultiProcessMapDataZMQ):
     """MultiProcessMapDataZMQ with public hooks: `prepare_worker()` runs in every worker process before
     it maps anything, `before_receive()` before each wait for a mapped datapoint.
 
-    Every worker can queue as many replies as there can be datapoints in flight. tensorpack let each queue
-    2 x buffer_size / num_proc, and a worker's REP socket drops the replies it cannot queue: a worker sent
-    most of the buffer (the first to connect, as the buffer is filled when the workers start) lost some
-    when it mapped quickly, and the pass waited for them forever (tests/test_data.py, 3 workers).
+    Every worker's socket queues without a bound (the consumer bounds the datapoints in flight, to
+    buffer_size + 1). tensorpack gave each a high-water mark of 2 x buffer_size / num_proc, and a REP socket
+    drops the replies past its mark (counted against its peer's acknowledgements, which come in batches):
+    a worker sent most of the buffer (the first to connect, as the buffer is filled when the workers start)
+    lost some when it mapped quickly, and the pass waited for them forever (tests/test_data.py, 3 workers).
     """
 
     class _Worker(MultiProcessMapDataZMQ._Worker):
@@ -56,8 +58,7 @@ class HookedMapDataZMQ(MultiProcessMapDataZMQ):
         """Runs before each wait for a mapped datapoint."""
 
     def _create_worker(self, id, pipename, hwm):
-        in_flight = 2 * self._buffer_size    # the bound tensorpack gives the consumer's socket
-        return HookedMapDataZMQ._Worker(self.prepare_worker, id, self.map_func, pipename, in_flight)
+        return HookedMapDataZMQ._Worker(self.prepare_worker, id, self.map_func, pipename, UNBOUNDED_QUEUE)
 
     def _recv(self):
         self.before_receive()

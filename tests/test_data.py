@@ -151,8 +151,8 @@ def mapped_in_time(dataflow, seconds):
 
 def test_small_fast_passes_lose_no_datapoint():
     """Passes whose whole buffer is sent as the workers start, mapped in microseconds: the first worker to connect
-    could be sent most of it, and its socket dropped the replies beyond the 1/num_proc tensorpack let it queue,
-    so that the pass waited forever (1 to 15 passes in, before the fix)."""
+    could be sent most of it, and its socket dropped the replies past the 2 x buffer / num_proc that tensorpack
+    let it queue, so that the pass waited forever (1 to 15 passes in, before the fix)."""
     def to_image(datapoint):
         return [datapoint[0], np.full((32, 32, 3), datapoint[0], np.uint8)]
     for workers in [1, 3] * 30:
