@@ -25,6 +25,7 @@ from tensorpack.utils import logger
 from data import imagenet_classes
 from deploy import agreement
 from deploy.calibration import calibration_and_held_back
+from deploy.litert_schedule import schedule_gates_first
 from runtime.session import without_graph_optimization
 from weights.checkpoint import CheckpointError, checkpoint_shapes, resolve_checkpoint
 from weights.state_dict import is_state_dict, session_init, state_dict_num_classes
@@ -260,7 +261,8 @@ def rename_values(graph, names):
 
 
 def export_tflite(saved_model_dir, path, quantize='none', representative_images=None):
-    """Convert a SavedModel to a TFLite flatbuffer; int8 calibrates on uint8 RGB `representative_images`."""
+    """Convert a SavedModel to a TFLite flatbuffer, its gates computed as early as they can be
+    (`litert_schedule`); int8 calibrates on uint8 RGB `representative_images`."""
     if quantize not in QUANTIZE_MODES:
         raise ValueError('quantize must be one of {}, got {!r}'.format(QUANTIZE_MODES, quantize))
     converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
@@ -272,6 +274,7 @@ def export_tflite(saved_model_dir, path, quantize='none', representative_images=
         converter.representative_dataset = lambda: ([image[np.newaxis]] for image in representative_images)
     with open(path, 'wb') as f:
         f.write(converter.convert())
+    schedule_gates_first(path)
     log_written('TFLite flatbuffer (quantize={})'.format(quantize), path)
     return path
 

@@ -18,7 +18,7 @@ from tensorpack.tfutils.tower import TowerContext
 
 import main
 from conftest import main_error, run_main_py
-from deploy import export
+from deploy import export, litert_schedule
 from myconv2d import ConvBN, DepthConv
 from networks import build_model, flops
 from runtime.session import without_graph_optimization
@@ -135,6 +135,32 @@ def test_exported_formats_match_timm(arch, timm_reference, timm_files, tmp_path)
     up_outputs = [node.name for node in graph_def.node if node.op == 'ConcatV2' and re.search(
         r'_up_pointwise/(concat|dfc/gated)$', node.name)]
     assert not up_outputs, up_outputs   # the up modules' outputs, gated or not, are taken by parts
+    assert not gates_listed_after_their_modules_convs(tflite)
+
+
+def gates_listed_after_their_modules_convs(path):
+    """[(sigmoid, conv)] where the LiteRT file lists a DFC gate's sigmoid after a conv that reads the same
+    input as the gate's pooling (the Ghost module's primary conv): export lists gates first."""
+    model = litert_schedule.read_model(path)
+    kinds = litert_schedule.operator_names(model)
+    operators = [(index, kinds[op.opcodeIndex], op) for index, op in enumerate(model.subgraphs[0].operators)]
+    late = []
+    for pool_index, kind, pool in operators:
+        if kind != 'AVERAGE_POOL_2D':
+            continue
+        sigmoid = first_consumer_of_kind(operators, pool_index, 'LOGISTIC')
+        convs = [index for index, kind, op in operators if kind == 'CONV_2D' and pool.inputs[0] in op.inputs]
+        late += [(sigmoid, conv) for conv in convs if conv < sigmoid]
+    return late
+
+
+def first_consumer_of_kind(operators, start, kind):
+    """The index of the first operator of `kind` downstream of operator `start`, following first consumers."""
+    index = start
+    while operators[index][1] != kind:
+        output = operators[index][2].outputs[0]
+        index = next(i for i, _, op in operators if output in op.inputs)
+    return index
 
 
 @pytest.fixture(scope='module')
