@@ -25,7 +25,6 @@ from tensorpack.utils import logger
 from data import imagenet_classes
 from deploy import agreement
 from deploy.calibration import calibration_and_held_back
-from deploy.litert_schedule import schedule_gates_first
 from runtime.session import without_graph_optimization
 from weights.checkpoint import CheckpointError, checkpoint_shapes, resolve_checkpoint
 from weights.state_dict import is_state_dict, session_init, state_dict_num_classes
@@ -272,6 +271,7 @@ def export_tflite(saved_model_dir, path, quantize='none', representative_images=
         if representative_images is None or not len(representative_images):
             raise DataError('int8 quantization needs representative images')
         converter.representative_dataset = lambda: ([image[np.newaxis]] for image in representative_images)
+    from deploy.litert_schedule import schedule_gates_first  # here: the training-only Horovod stack has no LiteRT
     with open(path, 'wb') as f:
         f.write(converter.convert())
     schedule_gates_first(path)
