@@ -36,9 +36,9 @@ def random_images(batch, size, seed=0):
     return np.random.RandomState(seed).randint(0, 256, (batch, size, size, 3), dtype=np.uint8)
 
 
-def tflite_call(path, images):
-    """One invocation of a TFLite flatbuffer in LiteRT, resized to the batch, on every core."""
-    interpreter = Interpreter(path, num_threads=os.cpu_count())
+def tflite_call(path, images, threads):
+    """One invocation of a TFLite flatbuffer in LiteRT on `threads` threads, resized to the batch."""
+    interpreter = Interpreter(path, num_threads=threads)
     index = interpreter.get_input_details()[0]['index']
     interpreter.resize_tensor_input(index, images.shape)
     interpreter.allocate_tensors()
@@ -99,13 +99,15 @@ def comma_list(choices):
 
 
 def add_timing_arguments(parser, rounds, iters, batch_iters, out):
-    """--rounds, --iters, --batch_iters, --batch, --image_size and --out, with these defaults."""
+    """--rounds, --iters, --batch_iters, --batch, --image_size, --threads and --out, with these defaults."""
     parser.add_argument('--rounds', type=int, default=rounds, help='rounds of interleaved timing')
     parser.add_argument('--iters', type=int, default=iters, help='timed batch-1 runs per call and round')
     parser.add_argument('--batch_iters', type=int, default=batch_iters,
                         help='timed large-batch runs (inference and training) per call and round')
     parser.add_argument('--batch', type=int, default=32)
     parser.add_argument('--image_size', type=int, default=224)
+    parser.add_argument('--threads', type=int, default=os.cpu_count(),
+                        help='threads of LiteRT and ONNX Runtime (default: every core)')
     parser.add_argument('--out', default=out, help='writes OUT.md and OUT.json')
 
 
@@ -114,6 +116,8 @@ def parse_timing_args(parser, argv):
     args = parser.parse_args(argv)
     if args.batch < 2:
         parser.error('--batch must be at least 2 (batch 1 is always timed for latency)')
+    if args.threads < 1:
+        parser.error('--threads must be at least 1')
     return args
 
 

@@ -89,7 +89,7 @@ def profile(args):
                                                   cut_outputs(block))
             path = export.export_tflite(saved_model, os.path.join(workdir, block + '.tflite'))
             for batch in (1, args.batch):
-                calls[(block, batch)] = tflite_call(path, random_images(batch, args.image_size))
+                calls[(block, batch)] = tflite_call(path, random_images(batch, args.image_size), args.threads)
         ops = op_counts(path)   # the last cut is the whole network
         samples = time_interleaved(calls, args)
     multiply_adds = block_multiply_adds(model)
@@ -152,7 +152,7 @@ def markdown(report):
              'classifier, softmax and top-5). Total: {3:.3f} ms per image at batch {4}, {5:.3f} ms at batch 1. '
              'A single block\'s difference is within the timing noise (about 0.05 ms per image, hence the '
              'negative ones); the stages sum several.'.format(
-                 settings['image_size'], report['machine']['cores'], settings['rounds'],
+                 settings['image_size'], settings['threads'], settings['rounds'],
                  result['total_ms_per_image'], batch, result['total_latency_ms']),
              '', '## By output size', '']
     lines += table(stage_rows, result, 'stage (blocks)', batch)
@@ -172,7 +172,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     report = {'machine': machine(), 'settings': {key: getattr(args, key) for key in (
-        'width', 'batch', 'image_size', 'rounds', 'iters', 'batch_iters')}, 'result': profile(args)}
+        'width', 'batch', 'image_size', 'rounds', 'iters', 'batch_iters', 'threads')}, 'result': profile(args)}
     write_report(report, args.out, markdown(report))
     logger.info('Wrote {0}.md and {0}.json:\n{1}'.format(args.out, markdown(report)))
 

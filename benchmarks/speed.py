@@ -50,10 +50,10 @@ def saved_model_call(signature, images):
     return lambda: signature(images=images)
 
 
-def onnx_call(path, images):
-    """One run of an ONNX model in ONNX Runtime on every core."""
+def onnx_call(path, images, threads):
+    """One run of an ONNX model in ONNX Runtime on `threads` threads."""
     options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = os.cpu_count()
+    options.intra_op_num_threads = threads
     # its threads would otherwise spin on after each run, taking the cores from the path timed next
     options.add_session_config_entry('session.intra_op.allow_spinning', '0')
     session = onnxruntime.InferenceSession(path, options, providers=['CPUExecutionProvider'])
@@ -114,10 +114,10 @@ def prepare_model(name, args, workdir):
                 session, os.path.join(workdir, name + '-int8'), int8=True)   # as export.export quantizes
             flatbuffer = export.export_tflite(source, os.path.join(workdir, name + path + '.tflite'), quantize,
                                               random_images(CALIBRATION_IMAGES, args.image_size, seed=1))
-            calls.update({(path, b): tflite_call(flatbuffer, x) for b, x in batches.items()})
+            calls.update({(path, b): tflite_call(flatbuffer, x, args.threads) for b, x in batches.items()})
     if 'onnx' in args.paths:
         onnx_model = subject_.onnx(session, os.path.join(workdir, name))
-        calls.update({('onnx', b): onnx_call(onnx_model, x) for b, x in batches.items()})
+        calls.update({('onnx', b): onnx_call(onnx_model, x, args.threads) for b, x in batches.items()})
     if 'train' in args.paths:
         calls[('train', args.batch)] = training_call(subject_, args.batch, args.image_size)
     return info, calls
@@ -213,7 +213,7 @@ def markdown(report):
              'on {5} threads; oneDNN primitive cache {6} entries.'.format(
                  settings['image_size'], settings['rounds'] * settings['iters'],
                  settings['rounds'] * settings['batch_iters'], batch, settings['rounds'],
-                 report['machine']['cores'], os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY']),
+                 settings['threads'], os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY']),
              '', '| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
     for model, result in results.items():
         cells = [cell(results, model, path, metric) for path in INFERENCE_PATHS
@@ -242,7 +242,7 @@ def main(argv=None):
     args = parse_args(argv)
     hold_every_kernel()
     report = {'machine': machine(), 'settings': {key: getattr(args, key) for key in (
-        'models', 'paths', 'rounds', 'iters', 'batch_iters', 'batch', 'image_size')}, 'results': {}}
+        'models', 'paths', 'rounds', 'iters', 'batch_iters', 'batch', 'image_size', 'threads')}, 'results': {}}
     start, load_at_start = time.time(), os.getloadavg()[0]
     calls = {}
     with tempfile.TemporaryDirectory() as workdir:

@@ -31,3 +31,11 @@ def test_benchmarks_take_both_spellings(parse_args):
 
 def test_pipeline_bench_takes_both_spellings():
     assert pipeline.parse_args(['--image-size', '64']) == pipeline.parse_args(['--image_size', '64'])
+
+
+@pytest.mark.parametrize('parse_args', [speed.parse_args, litert_profile.parse_args])
+def test_benchmarks_threads(parse_args, capsys):
+    assert parse_args(['--threads', '1']).threads == 1
+    with pytest.raises(SystemExit):
+        parse_args(['--threads', '0'])
+    assert 'error: --threads must be at least 1' in capsys.readouterr().err
