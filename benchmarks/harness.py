@@ -46,6 +46,11 @@ def tflite_call(path, images, threads):
     return interpreter.invoke
 
 
+def thread_phrase(count):
+    """'1 thread', '2 threads': a thread count as the reports say it."""
+    return '{} thread{}'.format(count, '' if count == 1 else 's')
+
+
 def timed(call, count):
     """Wall times of `count` calls."""
     times = []

@@ -23,7 +23,7 @@ from networks import flops
 from runtime.command_line import FlagParser
 from runtime.session import without_graph_optimization
 from benchmarks.harness import (add_timing_arguments, machine, parse_timing_args, random_images, result_path,
-                                time_interleaved, tflite_call, write_report)
+                                thread_phrase, time_interleaved, tflite_call, write_report)
 from benchmarks.subjects import NUM_CLASSES
 from ghostnet import BOTTLENECKS, GhostNet
 
@@ -147,12 +147,12 @@ def markdown(report):
     lines = ['# Where LiteRT spends GhostNet {}x\'s time'.format(settings['width']), '',
              'Machine: {cpu}, {cores} cores; TensorFlow {tensorflow}.'.format(**report['machine']),
              'The float TFLite file of `--export --tflite` ({0}x{0}, random weights) cut after each block; '
-             'every cut timed in LiteRT on {1} threads, in {2} interleaved rounds; a block is its cut less '
+             'every cut timed in LiteRT on {1}, in {2} interleaved rounds; a block is its cut less '
              'the one before (the first includes the uint8 input cast, the head the pooling, Conv2d_18, the '
              'classifier, softmax and top-5). Total: {3:.3f} ms per image at batch {4}, {5:.3f} ms at batch 1. '
              'A single block\'s difference is within the timing noise (about 0.05 ms per image, hence the '
              'negative ones); the stages sum several.'.format(
-                 settings['image_size'], settings['threads'], settings['rounds'],
+                 settings['image_size'], thread_phrase(settings['threads']), settings['rounds'],
                  result['total_ms_per_image'], batch, result['total_latency_ms']),
              '', '## By output size', '']
     lines += table(stage_rows, result, 'stage (blocks)', batch)

@@ -23,7 +23,7 @@ from tensorpack.utils import logger
 from runtime.command_line import FlagParser
 from benchmarks.harness import (WARMUP_CALLS, add_timing_arguments, comma_list, hold_every_kernel, machine,
                                 parse_timing_args, random_images, result_path, time_interleaved, timed,
-                                tflite_call, write_report)
+                                thread_phrase, tflite_call, write_report)
 from benchmarks.subjects import MODELS, NUM_CLASSES, subject
 from deploy import export
 
@@ -210,10 +210,10 @@ def markdown(report):
              'Settings: {0}x{0} input, random weights; medians of {1} batch-1 and {2} batch-{3} runs, '
              'timed in {4} rounds in which every model and path takes its turn; graph = tensorpack '
              '(GhostNet) or tf.keras in a tf.compat.v1 graph (MobileNetV3); TFLite (LiteRT) and ONNX Runtime '
-             'on {5} threads; oneDNN primitive cache {6} entries.'.format(
+             'on {5}; oneDNN primitive cache {6} entries.'.format(
                  settings['image_size'], settings['rounds'] * settings['iters'],
                  settings['rounds'] * settings['batch_iters'], batch, settings['rounds'],
-                 settings['threads'], os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY']),
+                 thread_phrase(settings['threads']), os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY']),
              '', '| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
     for model, result in results.items():
         cells = [cell(results, model, path, metric) for path in INFERENCE_PATHS
