@@ -1,9 +1,11 @@
 """GhostNetV2 and GhostNetV3 trained from scratch by main.py on a small sample, then exported (V3's branches
-fused) and quantized to int8; their authors' recipes as the flags' defaults."""
+fused) and quantized to int8; their authors' recipes as the flags' defaults; GhostNet (PyTorch) fine-tuned from a
+timm file."""
 import numpy as np
 import pytest
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
+from safetensors.numpy import save_file
 
 import main
 from conftest import run_main_py
@@ -12,7 +14,7 @@ from deploy import export
 from deploy.calibration import image_files
 from runtime.session import without_graph_optimization
 from test_family import SMALL_FAMILY_SIZE, family_model, graph_input, small_family_graph
-from timm_fixtures import seeded_images
+from timm_fixtures import load_fixture, seeded_images, seeded_state_dict
 from weights.state_dict import session_init
 
 tfv1 = tf.compat.v1
@@ -49,6 +51,28 @@ def test_trains_on_a_sample_and_exports_the_network_it_trained(arch, family_samp
         trained = sess.run(model.end_points['Logits'], {'input:0': graph_input(images)})
     exported = export.serving_function(export.frozen_serving_graph(model, checkpoint))(tf.constant(images))
     np.testing.assert_allclose(exported['logits'].numpy(), trained, rtol=0, atol=1e-4 * np.abs(trained).max())
+
+
+def test_ghostnet_pytorch_fine_tunes_from_a_timm_file(family_sample, tmp_path):
+    """Training that starts from a timm file (--load) on a sample of 4 classes: every layer but the classifier
+    starts from the file (the trained stem still follows it), and the classifier is the sample's."""
+    keys = load_fixture()['ghostnet-pytorch', 0.5]['keys']
+    weights = seeded_state_dict(keys)
+    timm_file = str(tmp_path / 'ghostnet_050.safetensors')
+    save_file(weights, timm_file)
+    logdir = str(tmp_path / 'log')
+    result = run_main_py('--arch', 'ghostnet-pytorch', '--width_ratio', '0.5', '--load', timm_file, '--image_size',
+                         str(SMALL_FAMILY_SIZE), '--batch', '16', '--workers', '1', '--epochs', '1', '--warmup_epochs',
+                         '0', '--data_dir', family_sample, '--logdir', logdir, verbose=False)
+    assert result.returncode == 0, result.stderr
+    checkpoint = tf.train.latest_checkpoint(logdir)
+    model = family_model('ghostnet-pytorch', 0.5)
+    stem = tf.train.load_variable(checkpoint, model.scope + '/Conv2d_0/W')
+    loaded = weights['conv_stem.weight'].transpose(2, 3, 1, 0)
+    assert np.corrcoef(stem.ravel(), loaded.ravel())[0, 1] > 0.99 and np.abs(stem - loaded).max() > 0
+    classifier = [shape for name, shape in tf.train.list_variables(checkpoint)
+                  if name.startswith(model.classifier_scope + '/') and len(shape) > 1]
+    assert classifier and all(shape[-1] == 4 for shape in classifier), classifier
 
 
 def assert_int8_export_follows_float(model, checkpoint, data_dir, out_dir):
