@@ -2,7 +2,7 @@
 import pytest
 
 import main
-from benchmarks import litert_profile, pipeline, speed
+from benchmarks import litert_ops, litert_profile, pipeline, speed
 from runtime.command_line import underscored_flags
 
 
@@ -23,7 +23,7 @@ def test_main_takes_both_spellings(hyphenated, underscored):
     assert parser.parse_args(hyphenated) == parser.parse_args(underscored)
 
 
-@pytest.mark.parametrize('parse_args', [speed.parse_args, litert_profile.parse_args])
+@pytest.mark.parametrize('parse_args', [speed.parse_args, litert_profile.parse_args, litert_ops.parse_args])
 def test_benchmarks_take_both_spellings(parse_args):
     assert parse_args(['--batch-iters', '3', '--image-size', '64']) == \
         parse_args(['--batch_iters', '3', '--image_size', '64'])
@@ -33,7 +33,7 @@ def test_pipeline_bench_takes_both_spellings():
     assert pipeline.parse_args(['--image-size', '64']) == pipeline.parse_args(['--image_size', '64'])
 
 
-@pytest.mark.parametrize('parse_args', [speed.parse_args, litert_profile.parse_args])
+@pytest.mark.parametrize('parse_args', [speed.parse_args, litert_profile.parse_args, litert_ops.parse_args])
 def test_benchmarks_threads(parse_args, capsys):
     assert parse_args(['--threads', '1']).threads == 1
     with pytest.raises(SystemExit):
