@@ -111,8 +111,8 @@ def add_timing_arguments(parser, rounds, iters, batch_iters, out):
                         help='timed large-batch runs (inference and training) per call and round')
     parser.add_argument('--batch', type=int, default=32)
     parser.add_argument('--image_size', type=int, default=224)
-    parser.add_argument('--threads', type=int, default=os.cpu_count(),
-                        help='threads of LiteRT and ONNX Runtime (default: every core)')
+    parser.add_argument('--threads', type=int, default=len(os.sched_getaffinity(0)),
+                        help='threads of LiteRT and ONNX Runtime (default: every core this process may use)')
     parser.add_argument('--out', default=out, help='writes OUT.md and OUT.json')
 
 

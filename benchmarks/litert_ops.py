@@ -3,12 +3,9 @@
     python -m benchmarks.litert_ops --models ghostnetv2-1.0,mobilenetv3-large --threads 1
 
 Each model's float file (exported as benchmarks/speed.py exports it, random weights) is cut into one-operator
-files, each with its constant inputs and the shapes a whole-network run gives it, and every one is timed alone
-at batch 1 and at --batch, in interleaved rounds, beside the whole file. Alone, an operator finds its inputs and
-weights in cache, and on more than one thread each run also wakes the thread pool: the sum is a profile, not
-the network's time, and one thread gives the closest. In the network, XNNPACK fuses a PAD into the conv that
-takes it and a RESHAPE costs nothing measurable; alone, each is a copy. Writes OUT.md and OUT.json (default
-benchmarks/results/litert_ops).
+files, each with its constant inputs, and every one is timed alone on the values a whole-file run at batch 1 and
+at --batch gives it, in interleaved rounds beside the whole file (`ALONE` says what that measures). Writes OUT.md
+and OUT.json (default benchmarks/results/litert_ops).
 """
 import collections
 import copy
@@ -32,7 +29,11 @@ from runtime.command_line import FlagParser
 
 WHOLE = 'whole file'
 TOP_OPERATORS = 15
-COPIES_ALONE = ('PAD', 'RESHAPE')   # fused or free in the network, a copy alone
+COPIES_ALONE = ('PAD', 'RESHAPE')   # fused into the next conv or free in the network, a copy alone
+ALONE = ('Alone, an operator finds its data in cache and, on more than one thread, wakes the thread pool at each '
+         'run: the sum is a profile, not the network\'s time, and one thread gives the closest. In the network, '
+         'XNNPACK fuses a PAD into the conv that takes it and a RESHAPE costs nothing measurable; alone, each is '
+         'a copy.')
 
 
 def float_file(name, image_size, workdir):
@@ -43,14 +44,31 @@ def float_file(name, image_size, workdir):
     return export.export_tflite(saved_model, os.path.join(workdir, name + '.tflite'))
 
 
-def tensor_shapes(path, batch):
-    """{tensor index: shape} of the file's main subgraph run at `batch`, without delegates (whose inner
-    tensors keep the shapes the file states)."""
-    interpreter = Interpreter(path, experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-    interpreter.resize_tensor_input(interpreter.get_input_details()[0]['index'], [batch] + list(
-        interpreter.get_input_details()[0]['shape'][1:]))
+def cuttable_model(path):
+    """The file at `path` as a ModelT, if one_operator_file can cut it: one subgraph, weights inside the file."""
+    model = read_model(path)
+    if len(model.subgraphs) != 1:
+        raise ValueError('{} has {} subgraphs; only a single-subgraph file is cut'.format(
+            path, len(model.subgraphs)))
+    if any(buffer.offset for buffer in model.buffers):
+        raise ValueError('{} keeps its weights outside the flatbuffer; they are not cut'.format(path))
+    return model
+
+
+def whole_run(path, batch):
+    """An interpreter (no delegate) that has run the file at `batch` on seeded values in [0, 255], every tensor
+    kept."""
+    interpreter = Interpreter(path, experimental_preserve_all_tensors=True,
+                              experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    inputs = interpreter.get_input_details()
+    for detail in inputs:
+        interpreter.resize_tensor_input(detail['index'], [batch] + list(detail['shape'][1:]))
     interpreter.allocate_tensors()
-    return {detail['index']: list(detail['shape']) for detail in interpreter.get_tensor_details()}
+    rng = np.random.RandomState(0)
+    for detail in interpreter.get_input_details():
+        interpreter.set_tensor(detail['index'], rng.uniform(0, 255, detail['shape']).astype(detail['dtype']))
+    interpreter.invoke()
+    return interpreter
 
 
 def is_constant(model, tensor):
@@ -59,14 +77,21 @@ def is_constant(model, tensor):
     return data is not None and len(data) > 0
 
 
+def variable_inputs(model, operator):
+    """The operator's inputs that are not constants, each once, in the order it takes them: the inputs of its
+    one-operator file."""
+    return list(dict.fromkeys(index for index in operator.inputs if index >= 0 and not is_constant(model, index)))
+
+
 def one_operator_file(model, operator):
     """A LiteRT file (bytes) holding `operator` of `model`'s main subgraph alone: its constant inputs kept, its
-    other inputs the file's inputs, its outputs the file's outputs."""
+    `variable_inputs` the file's inputs, its outputs the file's outputs."""
     tensors = model.subgraphs[0].tensors
-    used = list(dict.fromkeys(index for index in list(operator.inputs) + list(operator.outputs) if index >= 0))
-    alone = schema.ModelT()
+    used = list(dict.fromkeys(index for index in [*operator.inputs, *operator.outputs, *(operator.intermediates or [])]
+                              if index >= 0))
+    renumbered = {index: position for position, index in enumerate(used)}
+    alone, subgraph = schema.ModelT(), schema.SubGraphT()
     alone.version, alone.operatorCodes, alone.buffers = model.version, model.operatorCodes, [schema.BufferT()]
-    subgraph, renumbered = schema.SubGraphT(), {index: position for position, index in enumerate(used)}
     subgraph.tensors = []
     for index in used:
         tensor = copy.copy(tensors[index])
@@ -76,54 +101,55 @@ def one_operator_file(model, operator):
             tensor.buffer = len(alone.buffers) - 1
         subgraph.tensors.append(tensor)
     single = copy.copy(operator)
-    single.inputs = [renumbered.get(index, -1) for index in operator.inputs]
-    single.outputs = [renumbered[index] for index in operator.outputs]
+    single.inputs, single.outputs, single.intermediates = (
+        [renumbered.get(index, -1) for index in indices] if indices is not None else None
+        for indices in (operator.inputs, operator.outputs, operator.intermediates))
     subgraph.operators = [single]
-    subgraph.inputs = [renumbered[index] for index in used
-                       if index in operator.inputs and not is_constant(model, index)]
-    subgraph.outputs = list(single.outputs)
+    subgraph.inputs = [renumbered[index] for index in variable_inputs(model, operator)]
+    subgraph.outputs = [index for index in single.outputs if index >= 0]
     alone.subgraphs = [subgraph]
     builder = flatbuffers.Builder(1 << 20)
     builder.Finish(alone.Pack(builder), file_identifier=b'TFL3')
     return bytes(builder.Output())
 
 
-def operator_call(content, input_shapes, threads):
-    """One invocation of a one-operator file on inputs of `input_shapes` (random values)."""
+def operator_interpreter(content, values, threads):
+    """An interpreter of a one-operator file, its inputs set to `values` (in its inputs' order)."""
     interpreter = Interpreter(model_content=content, num_threads=threads)
     details = interpreter.get_input_details()
-    for detail, shape in zip(details, input_shapes):
-        interpreter.resize_tensor_input(detail['index'], shape)
+    if len(details) != len(values):
+        raise ValueError('a one-operator file takes {} inputs, not {}'.format(len(details), len(values)))
+    for detail, value in zip(details, values):
+        interpreter.resize_tensor_input(detail['index'], value.shape)
     interpreter.allocate_tensors()
-    rng = np.random.RandomState(0)
-    for detail in interpreter.get_input_details():
-        interpreter.set_tensor(detail['index'], rng.uniform(0, 1, detail['shape']).astype(detail['dtype']))
-    return interpreter.invoke
+    for detail, value in zip(details, values):
+        interpreter.set_tensor(detail['index'], value)
+    return interpreter
 
 
-def operators(path):
-    """[(kind, name)] of the file's main subgraph, in the file's order."""
-    model = read_model(path)
-    kinds = operator_names(model)
-    tensors = model.subgraphs[0].tensors
+def operator_interpreters(model, contents, path, batches, threads):
+    """{(operator index, batch): interpreter} of each one-operator file in `contents`, on the values a whole-file
+    run at that batch gives the operator."""
+    interpreters = {}
+    for batch in batches:
+        whole = whole_run(path, batch)
+        for index, operator in enumerate(model.subgraphs[0].operators):
+            values = [whole.get_tensor(tensor) for tensor in variable_inputs(model, operator)]
+            interpreters[(index, batch)] = operator_interpreter(contents[index], values, threads)
+    return interpreters
+
+
+def operator_labels(model):
+    """[(kind, output name)] of the main subgraph's operators, in the file's order."""
+    kinds, tensors = operator_names(model), model.subgraphs[0].tensors
     return [(kinds[op.opcodeIndex], tensors[op.outputs[0]].name.decode()) for op in model.subgraphs[0].operators]
 
 
-def operator_calls(path, batch, threads):
-    """{operator index: call} of every operator of the file alone, on the shapes the file has at `batch`."""
-    model, shapes = read_model(path), tensor_shapes(path, batch)
-    calls = {}
-    for index, operator in enumerate(model.subgraphs[0].operators):
-        inputs = [shapes[tensor] for tensor in operator.inputs if tensor >= 0 and not is_constant(model, tensor)]
-        calls[index] = operator_call(one_operator_file(model, operator), inputs, threads)
-    return calls
-
-
-def profile(name, samples, kinds, batch):
+def profile(name, samples, labels, batch):
     """One model's report at `batch`: the whole file's ms, the operators' sum, per kind, and the longest."""
     medians = {key[1]: statistics.median(times) * 1e3 for key, times in samples.items()
                if key[0] == name and key[2] == batch}
-    per_operator = [(medians[index], kind, op_name) for index, (kind, op_name) in enumerate(kinds)]
+    per_operator = [(medians[index], kind, output) for index, (kind, output) in enumerate(labels)]
     by_kind = collections.defaultdict(lambda: [0, 0.])
     for ms, kind, _ in per_operator:
         by_kind[kind][0] += 1
@@ -132,8 +158,8 @@ def profile(name, samples, kinds, batch):
             'operators_ms_copies_aside': round(sum(ms for ms, kind, _ in per_operator if kind not in COPIES_ALONE), 3),
             'by_kind': {kind: {'count': count, 'ms': round(ms, 3)}
                         for kind, (count, ms) in sorted(by_kind.items(), key=lambda item: -item[1][1])},
-            'longest': [{'ms': round(ms, 3), 'kind': kind, 'name': op_name}
-                        for ms, kind, op_name in sorted(per_operator, reverse=True)[:TOP_OPERATORS]]}
+            'longest': [{'ms': round(ms, 3), 'kind': kind, 'name': output}
+                        for ms, kind, output in sorted(per_operator, reverse=True)[:TOP_OPERATORS]]}
 
 
 def markdown(report):
@@ -142,16 +168,16 @@ def markdown(report):
     lines = ['# LiteRT operator by operator', '',
              'Machine: {cpu}, {cores} cores; TensorFlow {tensorflow}.'.format(**report['machine']),
              'Float files of benchmarks/speed.py ({0}x{0}, random weights) cut into one-operator files, each timed '
-             'alone on {1}, medians of {2} interleaved rounds beside the whole file. Alone, an operator finds its '
-             'data in cache and on more than one thread wakes the thread pool at each run: the sum is a profile, '
-             'not the network\'s time. In the network, XNNPACK fuses a PAD into the conv that takes it and a RESHAPE '
-             'costs nothing measurable; alone, each is a copy.'.format(
-                 settings['image_size'], thread_phrase(settings['threads']), settings['rounds'])]
+             'alone on {1} on the values a whole-file run gives it: medians of {2} batch-1 and {3} batch-{4} runs in '
+             '{5} interleaved rounds, beside the whole file. {6}'.format(
+                 settings['image_size'], thread_phrase(settings['threads']), settings['rounds'] * settings['iters'],
+                 settings['rounds'] * settings['batch_iters'], settings['batch'], settings['rounds'], ALONE)]
     for name, batches in report['results'].items():
         for batch, result in batches.items():
             lines += ['', '## {} at batch {}'.format(name, batch), '',
-                      'Whole file {whole_ms:.3f} ms; its operators alone {operators_ms:.3f} ms, '
-                      '{operators_ms_copies_aside:.3f} ms without PAD and RESHAPE.'.format(**result), '',
+                      'Whole file {:.3f} ms; its operators alone {:.3f} ms, {:.3f} ms without {}.'.format(
+                          result['whole_ms'], result['operators_ms'], result['operators_ms_copies_aside'],
+                          ' and '.join(COPIES_ALONE)), '',
                       '| operator | count | ms | share of the operators |', '|---|---|---|---|']
             lines += ['| {} | {} | {:.3f} | {:.1%} |'.format(kind, entry['count'], entry['ms'],
                                                              entry['ms'] / result['operators_ms'])
@@ -169,23 +195,31 @@ def parse_args(argv=None):
     return parse_timing_args(parser, argv)
 
 
+def model_calls(name, args, workdir):
+    """([(kind, output name)], {(name, operator index or WHOLE, batch): call}) of one model's float file."""
+    path = float_file(name, args.image_size, workdir)
+    model = cuttable_model(path)
+    contents = [one_operator_file(model, operator) for operator in model.subgraphs[0].operators]
+    batches = (1, args.batch)
+    calls = {(name, WHOLE, batch): tflite_call(path, random_images(batch, args.image_size), args.threads)
+             for batch in batches}
+    calls.update({(name, index, batch): interpreter.invoke for (index, batch), interpreter in
+                  operator_interpreters(model, contents, path, batches, args.threads).items()})
+    return operator_labels(model), calls
+
+
 def main(argv=None):
     args = parse_args(argv)
     report = {'machine': machine(), 'settings': {key: getattr(args, key) for key in (
         'models', 'rounds', 'iters', 'batch_iters', 'batch', 'image_size', 'threads')}, 'results': {}}
-    calls, kinds = {}, {}
+    calls, labels = {}, {}
     with tempfile.TemporaryDirectory() as workdir:
         for name in args.models:
-            path = float_file(name, args.image_size, workdir)
-            kinds[name] = operators(path)
-            for batch in (1, args.batch):
-                images = random_images(batch, args.image_size)
-                calls[(name, WHOLE, batch)] = tflite_call(path, images, args.threads)
-                calls.update({(name, index, batch): call
-                              for index, call in operator_calls(path, batch, args.threads).items()})
+            labels[name], calls_of_model = model_calls(name, args, workdir)
+            calls.update(calls_of_model)
         samples = time_interleaved(calls, args)
     for name in args.models:
-        report['results'][name] = {batch: profile(name, samples, kinds[name], batch) for batch in (1, args.batch)}
+        report['results'][name] = {batch: profile(name, samples, labels[name], batch) for batch in (1, args.batch)}
     write_report(report, args.out, markdown(report))
     logger.info('Wrote {0}.md and {0}.json:\n{1}'.format(args.out, markdown(report)))
 

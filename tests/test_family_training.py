@@ -54,8 +54,8 @@ def test_trains_on_a_sample_and_exports_the_network_it_trained(arch, family_samp
 
 
 def test_ghostnet_pytorch_fine_tunes_from_a_timm_file(family_sample, tmp_path):
-    """Training that starts from a timm file (--load) on a sample of 4 classes: every layer but the classifier
-    starts from the file (the trained stem still follows it), and the classifier is the sample's."""
+    """Training that starts from a timm file (--load) on a sample of 4 classes: the trained stem still follows the
+    file's, and the classifier is the sample's (4 classes)."""
     keys = load_fixture()['ghostnet-pytorch', 0.5]['keys']
     weights = seeded_state_dict(keys)
     timm_file = str(tmp_path / 'ghostnet_050.safetensors')
