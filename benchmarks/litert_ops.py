@@ -14,7 +14,6 @@ import statistics
 import tempfile
 
 import compat  # noqa: F401  (must come before TensorFlow)
-import flatbuffers
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
@@ -24,7 +23,7 @@ from benchmarks.harness import (add_timing_arguments, comma_list, machine, parse
                                 result_path, thread_phrase, time_interleaved, tflite_call, write_report)
 from benchmarks.subjects import MODELS, subject
 from deploy import export
-from deploy.litert_schedule import operator_names, read_model
+from deploy.litert_schedule import operator_kinds, packed, read_model
 from runtime.command_line import FlagParser
 
 WHOLE = 'whole file'
@@ -108,9 +107,7 @@ def one_operator_file(model, operator):
     subgraph.inputs = [renumbered[index] for index in variable_inputs(model, operator)]
     subgraph.outputs = [index for index in single.outputs if index >= 0]
     alone.subgraphs = [subgraph]
-    builder = flatbuffers.Builder(1 << 20)
-    builder.Finish(alone.Pack(builder), file_identifier=b'TFL3')
-    return bytes(builder.Output())
+    return packed(alone)
 
 
 def operator_interpreter(content, values, threads):
@@ -141,8 +138,9 @@ def operator_interpreters(model, contents, path, batches, threads):
 
 def operator_labels(model):
     """[(kind, output name)] of the main subgraph's operators, in the file's order."""
-    kinds, tensors = operator_names(model), model.subgraphs[0].tensors
-    return [(kinds[op.opcodeIndex], tensors[op.outputs[0]].name.decode()) for op in model.subgraphs[0].operators]
+    operators, tensors = model.subgraphs[0].operators, model.subgraphs[0].tensors
+    kinds = operator_kinds(model, operators)
+    return [(kind, tensors[op.outputs[0]].name.decode()) for kind, op in zip(kinds, operators)]
 
 
 def profile(name, samples, labels, batch):

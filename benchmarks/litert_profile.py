@@ -15,10 +15,10 @@ import tempfile
 
 import compat  # noqa: F401  (must come before TensorFlow)
 import tensorflow as tf
-from ai_edge_litert import schema_py_generated as schema
 from tensorpack.utils import logger
 
 from deploy import export
+from deploy.litert_schedule import operator_kinds, read_model
 from networks import flops
 from runtime.command_line import FlagParser
 from runtime.session import without_graph_optimization
@@ -51,14 +51,8 @@ def cut_outputs(block):
 
 def op_counts(path):
     """{TFLite builtin op name: count} of a flatbuffer's main subgraph."""
-    with open(path, 'rb') as f:
-        model = schema.Model.GetRootAs(f.read())
-    names = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith('_')}
-    subgraph, counts = model.Subgraphs(0), collections.Counter()
-    for index in range(subgraph.OperatorsLength()):
-        code = model.OperatorCodes(subgraph.Operators(index).OpcodeIndex())
-        counts[names[max(code.BuiltinCode(), code.DeprecatedBuiltinCode())]] += 1
-    return dict(counts.most_common())
+    model = read_model(path)
+    return dict(collections.Counter(operator_kinds(model, model.subgraphs[0].operators)).most_common())
 
 
 def block_of(layer_name):

@@ -19,6 +19,12 @@ def operator_names(model):
     return [names[max(code.builtinCode, code.deprecatedBuiltinCode)] for code in model.operatorCodes]
 
 
+def operator_kinds(model, operators):
+    """The builtin name of each of `operators` (of a subgraph of the ModelT `model`)."""
+    names = operator_names(model)
+    return [names[op.opcodeIndex] for op in operators]
+
+
 def operator_inputs(operators):
     """For each operator, the indices of the operators whose outputs it takes."""
     producer = {tensor: index for index, op in enumerate(operators) for tensor in op.outputs}
@@ -66,15 +72,19 @@ def read_model(path):
         return schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(f.read(), 0))
 
 
+def packed(model):
+    """A ModelT as the bytes of a LiteRT file."""
+    builder = flatbuffers.Builder(1 << 20)
+    builder.Finish(model.Pack(builder), file_identifier=b'TFL3')
+    return bytes(builder.Output())
+
+
 def schedule_gates_first(path):
     """Rewrite the LiteRT file at `path` with every subgraph's operators in `gates_first` order."""
     model = read_model(path)
-    kinds = operator_names(model)
     for subgraph in model.subgraphs:
         operators = subgraph.operators or []
-        order = gates_first(operators, [kinds[op.opcodeIndex] for op in operators])
+        order = gates_first(operators, operator_kinds(model, operators))
         subgraph.operators = [operators[index] for index in order]
-    builder = flatbuffers.Builder(1 << 20)
-    builder.Finish(model.Pack(builder), file_identifier=b'TFL3')
     with open(path, 'wb') as f:
-        f.write(builder.Output())
+        f.write(packed(model))

@@ -142,8 +142,9 @@ def gates_listed_after_their_modules_convs(path):
     """[(sigmoid, conv)] where the LiteRT file lists a DFC gate's sigmoid after a conv that reads the same
     input as the gate's pooling (the Ghost module's primary conv): export lists gates first."""
     model = litert_schedule.read_model(path)
-    kinds = litert_schedule.operator_names(model)
-    operators = [(index, kinds[op.opcodeIndex], op) for index, op in enumerate(model.subgraphs[0].operators)]
+    ops = model.subgraphs[0].operators
+    operators = [(index, kind, op) for index, (kind, op) in enumerate(zip(litert_schedule.operator_kinds(model, ops),
+                                                                          ops))]
     late = []
     for pool_index, kind, pool in operators:
         if kind != 'AVERAGE_POOL_2D':
