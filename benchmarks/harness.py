@@ -103,16 +103,39 @@ def comma_list(choices):
     return parse
 
 
-def add_timing_arguments(parser, rounds, iters, batch_iters, out):
-    """--rounds, --iters, --batch_iters, --batch, --image_size, --threads and --out, with these defaults."""
+def thread_count(text):
+    """An argparse type: a thread count, at least 1."""
+    count = int(text)
+    if count < 1:
+        raise argparse.ArgumentTypeError('must be at least 1, not {}'.format(count))
+    return count
+
+
+def thread_counts(text):
+    """An argparse type: one or more comma-separated thread counts, each at least 1."""
+    counts = [thread_count(item) for item in text.split(',') if item]
+    if not counts:
+        raise argparse.ArgumentTypeError('names no thread count')
+    return counts
+
+
+def add_timing_arguments(parser, rounds, iters, batch_iters, out, several_threads=False):
+    """--rounds, --iters, --batch_iters, --batch, --image_size, --threads and --out, with these defaults; with
+    `several_threads`, --threads takes a comma-separated list of counts, all timed in the same rounds."""
     parser.add_argument('--rounds', type=int, default=rounds, help='rounds of interleaved timing')
     parser.add_argument('--iters', type=int, default=iters, help='timed batch-1 runs per call and round')
     parser.add_argument('--batch_iters', type=int, default=batch_iters,
                         help='timed large-batch runs (inference and training) per call and round')
     parser.add_argument('--batch', type=int, default=32)
     parser.add_argument('--image_size', type=int, default=224)
-    parser.add_argument('--threads', type=int, default=len(os.sched_getaffinity(0)),
-                        help='threads of LiteRT and ONNX Runtime (default: every core this process may use)')
+    usable_cores = len(os.sched_getaffinity(0))
+    if several_threads:
+        parser.add_argument('--threads', type=thread_counts, default=[usable_cores],
+                            help='comma-separated thread counts of LiteRT, each timed in the same rounds '
+                                 '(default: every core this process may use)')
+    else:
+        parser.add_argument('--threads', type=thread_count, default=usable_cores,
+                            help='threads of LiteRT and ONNX Runtime (default: every core this process may use)')
     parser.add_argument('--out', default=out, help='writes OUT.md and OUT.json')
 
 
@@ -121,8 +144,6 @@ def parse_timing_args(parser, argv):
     args = parser.parse_args(argv)
     if args.batch < 2:
         parser.error('--batch must be at least 2 (batch 1 is always timed for latency)')
-    if args.threads < 1:
-        parser.error('--threads must be at least 1')
     return args
 
 

@@ -1,11 +1,11 @@
 """Where a LiteRT file spends its time, operator by operator.
 
-    python -m benchmarks.litert_ops --models ghostnetv2-1.0,mobilenetv3-large --threads 1
+    python -m benchmarks.litert_ops --models ghostnetv2-1.0,mobilenetv3-large --threads 1,2
 
 Each model's float file (exported as benchmarks/speed.py exports it, random weights) is cut into one-operator
 files, each with its constant inputs, and every one is timed alone on the values a whole-file run at batch 1 and
-at --batch gives it, in interleaved rounds beside the whole file (`ALONE` says what that measures). Writes OUT.md
-and OUT.json (default benchmarks/results/litert_ops).
+at --batch gives it, in interleaved rounds beside the whole file (`ALONE` says what that measures), on each
+thread count of --threads in the same rounds. Writes OUT.md and OUT.json (default benchmarks/results/litert_ops).
 """
 import collections
 import copy
@@ -124,15 +124,16 @@ def operator_interpreter(content, values, threads):
     return interpreter
 
 
-def operator_interpreters(model, contents, path, batches, threads):
-    """{(operator index, batch): interpreter} of each one-operator file in `contents`, on the values a whole-file
-    run at that batch gives the operator."""
+def operator_interpreters(model, contents, path, batches, thread_counts):
+    """{(operator index, threads, batch): interpreter} of each one-operator file in `contents` on each of
+    `thread_counts`, on the values a whole-file run at that batch gives the operator."""
     interpreters = {}
     for batch in batches:
         whole = whole_run(path, batch)
         for index, operator in enumerate(model.subgraphs[0].operators):
             values = [whole.get_tensor(tensor) for tensor in variable_inputs(model, operator)]
-            interpreters[(index, batch)] = operator_interpreter(contents[index], values, threads)
+            for threads in thread_counts:
+                interpreters[(index, threads, batch)] = operator_interpreter(contents[index], values, threads)
     return interpreters
 
 
@@ -143,10 +144,11 @@ def operator_labels(model):
     return [(kind, tensors[op.outputs[0]].name.decode()) for kind, op in zip(kinds, operators)]
 
 
-def profile(name, samples, labels, batch):
-    """One model's report at `batch`: the whole file's ms, the operators' sum, per kind, and the longest."""
-    medians = {key[1]: statistics.median(times) * 1e3 for key, times in samples.items()
-               if key[0] == name and key[2] == batch}
+def profile(samples, labels, name, threads, batch):
+    """One model's report on `threads` at `batch`: the whole file's ms, the operators' sum, per kind, and the
+    longest."""
+    medians = {key[2]: statistics.median(times) * 1e3 for key, times in samples.items()
+               if key[:2] == (name, threads) and key[3] == batch}
     per_operator = [(medians[index], kind, output) for index, (kind, output) in enumerate(labels)]
     by_kind = collections.defaultdict(lambda: [0, 0.])
     for ms, kind, _ in per_operator:
@@ -161,47 +163,79 @@ def profile(name, samples, labels, batch):
 
 
 def markdown(report):
-    """The report as Markdown: per model and batch, the operators by kind and the longest ones."""
+    """The report as Markdown: per model, thread count and batch, the operators by kind and the longest ones;
+    with several thread counts, what each kind gains from the first count to the last."""
     settings = report['settings']
     lines = ['# LiteRT operator by operator', '',
              'Machine: {cpu}, {cores} cores; TensorFlow {tensorflow}.'.format(**report['machine']),
              'Float files of benchmarks/speed.py ({0}x{0}, random weights) cut into one-operator files, each timed '
              'alone on {1} on the values a whole-file run gives it: medians of {2} batch-1 and {3} batch-{4} runs in '
              '{5} interleaved rounds, beside the whole file. {6}'.format(
-                 settings['image_size'], thread_phrase(settings['threads']), settings['rounds'] * settings['iters'],
-                 settings['rounds'] * settings['batch_iters'], settings['batch'], settings['rounds'], ALONE)]
-    for name, batches in report['results'].items():
-        for batch, result in batches.items():
-            lines += ['', '## {} at batch {}'.format(name, batch), '',
-                      'Whole file {:.3f} ms; its operators alone {:.3f} ms, {:.3f} ms without {}.'.format(
-                          result['whole_ms'], result['operators_ms'], result['operators_ms_copies_aside'],
-                          ' and '.join(COPIES_ALONE)), '',
-                      '| operator | count | ms | share of the operators |', '|---|---|---|---|']
-            lines += ['| {} | {} | {:.3f} | {:.1%} |'.format(kind, entry['count'], entry['ms'],
-                                                             entry['ms'] / result['operators_ms'])
-                      for kind, entry in result['by_kind'].items()]
-            lines += ['', '| longest | ms | output |', '|---|---|---|']
-            lines += ['| {kind} | {ms:.3f} | `{name}` |'.format(**entry) for entry in result['longest']]
+                 settings['image_size'], ' and on '.join(thread_phrase(count) for count in settings['threads']),
+                 settings['rounds'] * settings['iters'], settings['rounds'] * settings['batch_iters'],
+                 settings['batch'], settings['rounds'], ALONE)]
+    for name, by_threads in report['results'].items():
+        for threads, batches in by_threads.items():
+            for batch, result in batches.items():
+                lines += profile_lines(result, '{} at batch {} on {}'.format(name, batch, thread_phrase(threads)))
+        if len(by_threads) > 1:
+            for batch in (1, settings['batch']):
+                lines += scaling_lines(name, batch, by_threads)
     return '\n'.join(lines) + '\n'
+
+
+def profile_lines(result, title):
+    """One profile (as `profile` gives it) as a Markdown section: the operators by kind, then the longest."""
+    lines = ['', '## ' + title, '',
+             'Whole file {:.3f} ms; its operators alone {:.3f} ms, {:.3f} ms without {}.'.format(
+                 result['whole_ms'], result['operators_ms'], result['operators_ms_copies_aside'],
+                 ' and '.join(COPIES_ALONE)), '',
+             '| operator | count | ms | share of the operators |', '|---|---|---|---|']
+    lines += ['| {} | {} | {:.3f} | {:.1%} |'.format(kind, entry['count'], entry['ms'],
+                                                     entry['ms'] / result['operators_ms'])
+              for kind, entry in result['by_kind'].items()]
+    lines += ['', '| longest | ms | output |', '|---|---|---|']
+    return lines + ['| {kind} | {ms:.3f} | `{name}` |'.format(**entry) for entry in result['longest']]
+
+
+def scaling_lines(name, batch, by_threads):
+    """A Markdown section: the whole file's and each kind's ms on the first thread count and the last, and the
+    speedup between them."""
+    counts = list(by_threads)
+    few, many = counts[0], counts[-1]
+    fewer, more = by_threads[few][batch], by_threads[many][batch]
+    rows = [('whole file', '', fewer['whole_ms'], more['whole_ms']),
+            ('operators alone, without ' + ' and '.join(COPIES_ALONE), '', fewer['operators_ms_copies_aside'],
+             more['operators_ms_copies_aside'])]
+    rows += [(kind, entry['count'], entry['ms'], more['by_kind'][kind]['ms'])
+             for kind, entry in fewer['by_kind'].items()]
+    lines = ['', '## {} at batch {}: {} against {}'.format(name, batch, thread_phrase(many), thread_phrase(few)),
+             '', '| | count | ms on {} | ms on {} | speedup |'.format(thread_phrase(few), thread_phrase(many)),
+             '|---|---|---|---|---|']
+    return lines + ['| {} | {} | {:.3f} | {:.3f} | {} |'.format(label, count, slow, fast,
+                                                                '{:.2f}x'.format(slow / fast) if fast else '-')
+                    for label, count, slow, fast in rows]
 
 
 def parse_args(argv=None):
     parser = FlagParser(description=__doc__.split('\n')[0])
     parser.add_argument('--models', type=comma_list(MODELS), default=['ghostnetv2-1.0', 'mobilenetv3-large'],
                         help='comma-separated, from ' + ','.join(MODELS))
-    add_timing_arguments(parser, rounds=5, iters=5, batch_iters=1, out=result_path('litert_ops'))
+    add_timing_arguments(parser, rounds=5, iters=5, batch_iters=1, out=result_path('litert_ops'),
+                         several_threads=True)
     return parse_timing_args(parser, argv)
 
 
 def model_calls(name, args, workdir):
-    """([(kind, output name)], {(name, operator index or WHOLE, batch): call}) of one model's float file."""
+    """([(kind, output name)], {(name, threads, operator index or WHOLE, batch): call}) of one model's float file
+    on each of --threads."""
     path = float_file(name, args.image_size, workdir)
     model = cuttable_model(path)
     contents = [one_operator_file(model, operator) for operator in model.subgraphs[0].operators]
     batches = (1, args.batch)
-    calls = {(name, WHOLE, batch): tflite_call(path, random_images(batch, args.image_size), args.threads)
-             for batch in batches}
-    calls.update({(name, index, batch): interpreter.invoke for (index, batch), interpreter in
+    calls = {(name, threads, WHOLE, batch): tflite_call(path, random_images(batch, args.image_size), threads)
+             for threads in args.threads for batch in batches}
+    calls.update({(name, threads, index, batch): interpreter.invoke for (index, threads, batch), interpreter in
                   operator_interpreters(model, contents, path, batches, args.threads).items()})
     return operator_labels(model), calls
 
@@ -217,7 +251,8 @@ def main(argv=None):
             calls.update(calls_of_model)
         samples = time_interleaved(calls, args)
     for name in args.models:
-        report['results'][name] = {batch: profile(name, samples, labels[name], batch) for batch in (1, args.batch)}
+        report['results'][name] = {threads: {batch: profile(samples, labels[name], name, threads, batch)
+                                             for batch in (1, args.batch)} for threads in args.threads}
     write_report(report, args.out, markdown(report))
     logger.info('Wrote {0}.md and {0}.json:\n{1}'.format(args.out, markdown(report)))
 

@@ -34,14 +34,31 @@ def test_each_operator_alone_computes_what_it_computes_in_the_file(tmp_path):
     squares = [op for op, kind in zip(operators, kinds) if kind == 'MUL' and op.inputs[0] == op.inputs[1]]
     assert squares and len(litert_ops.variable_inputs(model, squares[0])) == 1
     contents = [litert_ops.one_operator_file(model, operator) for operator in operators]
-    alone = litert_ops.operator_interpreters(model, contents, path, [BATCH], threads=1)
+    alone = litert_ops.operator_interpreters(model, contents, path, [BATCH], thread_counts=[1, 2])
     whole = litert_ops.whole_run(path, BATCH)
-    for index, operator in enumerate(operators):
-        interpreter = alone[(index, BATCH)]
+    for (index, threads, batch), interpreter in alone.items():
+        assert batch == BATCH and threads in (1, 2)
         interpreter.invoke()
-        expected = whole.get_tensor(operator.outputs[0])
+        expected = whole.get_tensor(operators[index].outputs[0])
         computed = interpreter.get_tensor(interpreter.get_output_details()[0]['index'])
         assert computed.shape == expected.shape, kinds[index]
         np.testing.assert_allclose(computed, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max() + 1e-30,
                                    err_msg=kinds[index])
+    assert len(alone) == 2 * len(operators)
     assert whole.get_tensor(model.subgraphs[0].outputs[0]).shape == (BATCH, 8 * 8 * 6)
+
+
+def test_the_report_compares_thread_counts():
+    """With two thread counts, the report gives each kind's ms on both and the speedup between them."""
+    def result(conv_ms, whole_ms):
+        return {'whole_ms': whole_ms, 'operators_ms': conv_ms + 0.5, 'operators_ms_copies_aside': conv_ms,
+                'by_kind': {'CONV_2D': {'count': 3, 'ms': conv_ms}, 'PAD': {'count': 1, 'ms': 0.5}},
+                'longest': [{'ms': conv_ms, 'kind': 'CONV_2D', 'name': 'stem'}]}
+    report = {'machine': {'cpu': 'test', 'cores': 2, 'tensorflow': '0'},
+              'settings': {'image_size': 8, 'threads': [1, 2], 'rounds': 1, 'iters': 1, 'batch_iters': 1, 'batch': 4},
+              'results': {'net': {1: {1: result(3.0, 4.0), 4: result(9.0, 12.0)},
+                                  2: {1: result(2.0, 2.5), 4: result(5.0, 6.0)}}}}
+    text = litert_ops.markdown(report)
+    assert '## net at batch 4 on 2 threads' in text and '## net at batch 1: 2 threads against 1 thread' in text
+    assert '| whole file |  | 4.000 | 2.500 | 1.60x |' in text
+    assert '| CONV_2D | 3 | 9.000 | 5.000 | 1.80x |' in text

@@ -33,9 +33,18 @@ def test_pipeline_bench_takes_both_spellings():
     assert pipeline.parse_args(['--image-size', '64']) == pipeline.parse_args(['--image_size', '64'])
 
 
-@pytest.mark.parametrize('parse_args', [speed.parse_args, litert_profile.parse_args, litert_ops.parse_args])
+@pytest.mark.parametrize('parse_args', [speed.parse_args, litert_profile.parse_args])
 def test_benchmarks_threads(parse_args, capsys):
     assert parse_args(['--threads', '1']).threads == 1
     with pytest.raises(SystemExit):
         parse_args(['--threads', '0'])
-    assert 'error: --threads must be at least 1' in capsys.readouterr().err
+    assert 'error: argument --threads: must be at least 1, not 0' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('text, error', [('0,2', 'must be at least 1, not 0'), (',', 'names no thread count'),
+                                         ('1,two', "invalid thread_counts value: '1,two'")])
+def test_operator_profile_takes_several_thread_counts(text, error, capsys):
+    assert litert_ops.parse_args(['--threads', '1,2']).threads == [1, 2]
+    with pytest.raises(SystemExit):
+        litert_ops.parse_args(['--threads', text])
+    assert 'error: argument --threads: ' + error in capsys.readouterr().err
