@@ -253,8 +253,9 @@ def main(argv=None):
     for name in args.models:
         report['results'][name] = {threads: {batch: profile(samples, labels[name], name, threads, batch)
                                              for batch in (1, args.batch)} for threads in args.threads}
-    write_report(report, args.out, markdown(report))
-    logger.info('Wrote {0}.md and {0}.json:\n{1}'.format(args.out, markdown(report)))
+    text = markdown(report)
+    write_report(report, args.out, text)
+    logger.info('Wrote {0}.md and {0}.json:\n{1}'.format(args.out, text))
 
 
 if __name__ == '__main__':
